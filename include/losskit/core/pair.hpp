@@ -1,0 +1,130 @@
+#pragma once
+// A student row and a teacher row, softmaxed together: the shared machinery of every
+// divergence (and of distillation losses). Notation, per row, temperature T:
+//   q = softmax(s / T), x = log q   (student)      p = softmax(t / T), y = log p   (teacher)
+// With Input::log_probs a side is used as given: x = s (resp. y = t), q = exp(x), T must be 1.
+//
+// A kernel runs three steps over a row:
+//   1. stats():   one pass over memory; per chunk, exps of both rows into scratch (es, et),
+//                 and optional per-chunk sums of its own (the `extra` hook, data still in L1).
+//   2. its own element pass, if any, over scratch and the rows (L2), which may overwrite et
+//      with its log-space gradient g_i = dL/dx_i.
+//   3. write_grad(): the student gradient from g (log-space chain rule):
+//        logits:     dL/ds_j = (g_j - q_j * sum_i g_i) / T
+//        log_probs:  dL/ds_j = g_j
+//      with g_j = G_j * gfac_k read from a scratch row G and one factor per chunk.
+
+#include <cstddef>
+#include <vector>
+
+#include "losskit/core/simd.hpp"
+#include "losskit/core/scratch.hpp"
+#include "losskit/core/softmax.hpp"
+#include "losskit/core/types.hpp"
+
+namespace losskit::detail {
+
+template <class T>
+struct PairScratch {
+  T* es;  // exps of the student row
+  T* et;  // exps of the teacher row (or a kernel's log-space gradient)
+  T* ex;  // one spare row, for kernels that ask for it
+  ChunkedSoftmax<T> q, p, m;  // student, teacher, and one more for kernels that need it
+  std::vector<double> chunk;  // one value per chunk for a kernel's `extra` hook
+  explicit PairScratch(std::ptrdiff_t cols, bool spare = false) {
+    const std::size_t n = std::size_t(cols);
+    T* base = scratch<T>(n * (spare ? 3 : 2));
+    es = base;
+    et = base + n;
+    ex = spare ? base + 2 * n : nullptr;
+  }
+};
+
+template <class T>
+struct PairRow {
+  const T* s;
+  const T* t;
+  std::size_t n;
+  T inv_t;
+  bool student_log_probs;
+  bool teacher_log_probs;
+  PairScratch<T>& w;
+
+  // Step 1. extra(k, b, e) runs after chunk k's exps, while the chunk is in L1.
+  template <class Extra>
+  void stats(Extra&& extra) {
+    w.q.reset(n);
+    w.p.reset(n);
+    w.chunk.assign(chunk_count(n, chunk_elems<T>), 0.0);
+    const T* sp = s;
+    const T* tp = t;
+    auto sv = [sp](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(sp + i); };
+    auto tv = [tp](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(tp + i); };
+    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
+      w.q.chunk(k, b, e, inv_t, sv, w.es, sp);
+      w.p.chunk(k, b, e, inv_t, tv, w.et, tp);
+      extra(k, b, e);
+    });
+    w.q.finish(student_log_probs);
+    w.p.finish(teacher_log_probs);
+  }
+  void stats() {
+    stats([](std::size_t, std::size_t, std::size_t) {});
+  }
+
+  // x_i = s_i / T - lse_q and y_i = t_i / T - lse_p as V, for element passes.
+  template <class V>
+  V x(std::size_t i) const {
+    return simd::load<V>(s + i) * V(inv_t) - V(T(w.q.lse()));
+  }
+  template <class V>
+  V y(std::size_t i) const {
+    return simd::load<V>(t + i) * V(inv_t) - V(T(w.p.lse()));
+  }
+  // x_i - y_i = (s_i - t_i) / T - (lse_q - lse_p): the log-ratio without forming x and y,
+  // which would lose digits to the cancellation of two large logs.
+  template <class V>
+  V log_ratio(std::size_t i, T dlse) const {
+    return (simd::load<V>(s + i) - simd::load<V>(t + i)) * V(inv_t) - V(dlse);
+  }
+  T lse_gap() const { return T(w.q.lse() - w.p.lse()); }
+
+  template <class V>
+  V q(std::size_t k, std::size_t i) const {
+    return simd::load<V>(w.es + i) * V(w.q.factor(k));
+  }
+  template <class V>
+  V p(std::size_t k, std::size_t i) const {
+    return simd::load<V>(w.et + i) * V(w.p.factor(k));
+  }
+
+  // Step 2 helper: for each chunk, sums K quantities of body(lanes<V>, k, i) (double result).
+  template <std::size_t K, class Body>
+  std::array<double, K> sum_elements(Body&& body) const {
+    std::array<double, K> total{};
+    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
+      const auto part = simd::sum_lanes<T, K>(b, e, [&](auto tag, std::size_t i) { return body(tag, k, i); });
+      for (std::size_t j = 0; j < K; ++j) total[j] += part[j];
+    });
+    return total;
+  }
+
+  // Step 3. grad_j = scale * (logits: (g_j - q_j * sum_g) / T; log_probs: g_j), g_j = G_j * gfac(k).
+  template <class GFactor>
+  void write_grad(T* grad, double scale, const T* G, GFactor&& gfac, double sum_g) const {
+    const bool logits = !student_log_probs;
+    const double a = logits ? scale * double(inv_t) : scale;
+    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
+      const T alpha = logits ? T(-a * sum_g * w.q.factor_d(k)) : T(0);
+      const T beta = T(a * double(gfac(k)));
+      const T* es = w.es;
+      simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) {
+        using V = typename decltype(tag)::type;
+        const V g = V(alpha) * simd::load<V>(es + i) + V(beta) * simd::load<V>(G + i);
+        simd::store(grad + i, g);
+      });
+    });
+  }
+};
+
+}  // namespace losskit::detail

@@ -1,0 +1,239 @@
+#pragma once
+// The one place that talks to xsimd. Every difference between xsimd 8.1 (Debian 12) and the
+// current releases (9..14) is hidden here, under names that cannot collide with xsimd's own
+// through ADL (hsum, hmax). Kernels are written once as generic lambdas `body(lanes<V>, i)`
+// that run on full batches (V = batch<T>) and then on the scalar tail (V = T), so the tail
+// computes the same formula as the vector loop.
+//
+// The instruction set is chosen at compile time from the consumer's flags
+// (xsimd::default_arch): -march=native or -march=x86-64-v3 give AVX-512 / AVX2 paths, plain
+// builds get SSE2. Nothing here sets -m flags.
+
+#include "losskit/core/config.hpp"
+
+#include <xsimd/xsimd.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <type_traits>
+
+namespace losskit::simd {
+
+template <class T>
+using batch = xsimd::batch<T>;
+
+template <class T>
+inline constexpr std::size_t width = batch<T>::size;
+
+// Tag handed to a generic loop body: V is batch<T> in the main loop, T in the tail.
+template <class V>
+struct lanes {
+  using type = V;
+};
+
+template <class V>
+struct scalar_of {
+  using type = V;
+};
+template <class T, class A>
+struct scalar_of<xsimd::batch<T, A>> {
+  using type = T;
+};
+template <class V>
+using scalar_t = typename scalar_of<V>::type;
+
+template <class V>
+inline constexpr bool is_batch = !std::is_same_v<V, scalar_t<V>>;
+
+// ---- loads, stores, broadcasts -------------------------------------------------------------
+template <class V>
+inline V load(const scalar_t<V>* p) noexcept {
+  if constexpr (is_batch<V>) {
+    return V::load_unaligned(p);
+  } else {
+    return *p;
+  }
+}
+
+template <class V>
+inline void store(scalar_t<V>* p, const V& v) noexcept {
+  if constexpr (is_batch<V>) {
+    v.store_unaligned(p);
+  } else {
+    *p = v;
+  }
+}
+
+template <class V>
+inline V splat(scalar_t<V> x) noexcept {
+  return V(x);
+}
+
+// Hint that `p` will be read soon (one cache line). Never faults.
+template <class T>
+inline void prefetch(const T* p) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(static_cast<const void*>(p), 0, 3);
+#else
+  (void)p;
+#endif
+}
+
+// ---- horizontal reductions (xsimd 8: hadd, no reduce_max; 9+: reduce_add / reduce_max) ------
+template <class T, class A>
+inline T hsum(const xsimd::batch<T, A>& x) noexcept {
+#if XSIMD_VERSION_MAJOR >= 9
+  return xsimd::reduce_add(x);
+#else
+  return xsimd::hadd(x);
+#endif
+}
+template <class T>
+inline T hsum(T x) noexcept {
+  return x;
+}
+
+template <class T, class A>
+inline T hmax(const xsimd::batch<T, A>& x) noexcept {
+  alignas(64) std::array<T, xsimd::batch<T, A>::size> lanes_{};
+  x.store_aligned(lanes_.data());
+  T m = lanes_[0];
+  for (std::size_t i = 1; i < lanes_.size(); ++i) m = lanes_[i] > m ? lanes_[i] : m;
+  return m;
+}
+template <class T>
+inline T hmax(T x) noexcept {
+  return x;
+}
+
+// ---- elementwise math, one spelling for batches and scalars ---------------------------------
+// Batches use xsimd's polynomial exp/log (float exp: <= 1.5 ulp, flushes to 0 below -87.7);
+// scalars use <cmath>. Both give exp(-inf) = 0 and log(0) = -inf.
+template <class T, class A>
+inline xsimd::batch<T, A> exp(const xsimd::batch<T, A>& x) noexcept {
+  return xsimd::exp(x);
+}
+inline float exp(float x) noexcept { return std::exp(x); }
+inline double exp(double x) noexcept { return std::exp(x); }
+
+template <class T, class A>
+inline xsimd::batch<T, A> log(const xsimd::batch<T, A>& x) noexcept {
+  return xsimd::log(x);
+}
+inline float log(float x) noexcept { return std::log(x); }
+inline double log(double x) noexcept { return std::log(x); }
+
+template <class T, class A>
+inline xsimd::batch<T, A> abs(const xsimd::batch<T, A>& x) noexcept {
+  return xsimd::abs(x);
+}
+inline float abs(float x) noexcept { return std::fabs(x); }
+inline double abs(double x) noexcept { return std::fabs(x); }
+
+template <class T, class A>
+inline xsimd::batch<T, A> tanh(const xsimd::batch<T, A>& x) noexcept {
+  return xsimd::tanh(x);
+}
+inline float tanh(float x) noexcept { return std::tanh(x); }
+inline double tanh(double x) noexcept { return std::tanh(x); }
+
+// select(c, a, b): a where c holds, b elsewhere. Both branches are evaluated.
+template <class T, class A>
+inline xsimd::batch<T, A> select(const xsimd::batch_bool<T, A>& c, const xsimd::batch<T, A>& a,
+                                 const xsimd::batch<T, A>& b) noexcept {
+  return xsimd::select(c, a, b);
+}
+template <class T, std::enable_if_t<std::is_floating_point_v<T>, int> = 0>
+inline T select(bool c, T a, T b) noexcept {
+  return c ? a : b;
+}
+
+// max with a spelled-out NaN policy (xsimd flipped its own in 14.0): returns b when a is NaN.
+template <class V>
+inline V vmax(const V& a, const V& b) noexcept {
+  return simd::select(a > b, a, b);
+}
+
+// x where keep holds, 0 elsewhere: the `0 * log 0 = 0` guard used throughout.
+template <class M, class V>
+inline V where(const M& keep, const V& x) noexcept {
+  return simd::select(keep, x, V(scalar_t<V>(0)));
+}
+
+// ---- loops ----------------------------------------------------------------------------------
+// body(lanes<batch<T>>{}, i) for whole batches in [begin, end), then body(lanes<T>{}, i) for
+// the remaining elements one at a time.
+template <class T, class Body>
+inline void for_lanes(std::size_t begin, std::size_t end, Body&& body) {
+  constexpr std::size_t W = width<T>;
+  std::size_t i = begin;
+  for (; i + W <= end; i += W) body(lanes<batch<T>>{}, i);
+  for (; i < end; ++i) body(lanes<T>{}, i);
+}
+
+// Sums K quantities over [begin, end). body(lanes<V>, i) returns std::array<V, K>. Partial sums
+// are kept in T lanes for blocks of at most `block` elements and added into double between
+// blocks, so float rows of any length keep about 1e-7 relative accuracy. The order of
+// operations depends only on (begin, end), never on threads.
+template <class T, std::size_t K, class Body>
+inline std::array<double, K> sum_lanes(std::size_t begin, std::size_t end, Body&& body) {
+  constexpr std::size_t W = width<T>;
+  constexpr std::size_t block = 2048;
+  std::array<double, K> total{};
+  std::size_t i = begin;
+  while (i + W <= end) {
+    const std::size_t stop = std::min(end, i + block);
+    // Two accumulators per quantity hide the latency of the adds.
+    std::array<batch<T>, K> a0, a1;
+    a0.fill(batch<T>(T(0)));
+    a1.fill(batch<T>(T(0)));
+    for (; i + 2 * W <= stop; i += 2 * W) {
+      const auto v0 = body(lanes<batch<T>>{}, i);
+      const auto v1 = body(lanes<batch<T>>{}, i + W);
+      for (std::size_t k = 0; k < K; ++k) {
+        a0[k] += v0[k];
+        a1[k] += v1[k];
+      }
+    }
+    if (i + W <= stop) {
+      const auto v0 = body(lanes<batch<T>>{}, i);
+      for (std::size_t k = 0; k < K; ++k) a0[k] += v0[k];
+      i += W;
+    }
+    for (std::size_t k = 0; k < K; ++k) total[k] += static_cast<double>(hsum(a0[k] + a1[k]));
+  }
+  for (; i < end; ++i) {
+    const auto v = body(lanes<T>{}, i);
+    for (std::size_t k = 0; k < K; ++k) total[k] += static_cast<double>(v[k]);
+  }
+  return total;
+}
+
+// Maximum of body(lanes<V>, i) over [begin, end); -inf for an empty range. NaN inputs may be
+// skipped here; they still reach the loss through exp/log and come out as NaN.
+template <class T, class Body>
+inline T max_lanes(std::size_t begin, std::size_t end, Body&& body) {
+  constexpr std::size_t W = width<T>;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  std::size_t i = begin;
+  T m = ninf;
+  if (i + W <= end) {
+    // Four independent running maxima: a compare-and-blend chain is latency-bound otherwise.
+    batch<T> a0(ninf), a1(ninf), a2(ninf), a3(ninf);
+    for (; i + 4 * W <= end; i += 4 * W) {
+      a0 = vmax(body(lanes<batch<T>>{}, i), a0);
+      a1 = vmax(body(lanes<batch<T>>{}, i + W), a1);
+      a2 = vmax(body(lanes<batch<T>>{}, i + 2 * W), a2);
+      a3 = vmax(body(lanes<batch<T>>{}, i + 3 * W), a3);
+    }
+    for (; i + W <= end; i += W) a0 = vmax(body(lanes<batch<T>>{}, i), a0);
+    m = hmax(vmax(vmax(a0, a1), vmax(a2, a3)));
+  }
+  for (; i < end; ++i) m = vmax(body(lanes<T>{}, i), m);
+  return m;
+}
+
+}  // namespace losskit::simd

@@ -1,0 +1,107 @@
+#pragma once
+// Row softmax statistics in one streaming pass, with the online (max, sum) merge done per chunk.
+//
+// A row of n logits v is cut into chunks of `chunk_elems<T>` elements (8 KiB, so a chunk of
+// every input of a kernel stays in L1). For chunk k, with shift m_k = max over the chunk:
+//     e_i = exp((v_i - m_k) / T)        stored in a scratch row
+//     s_k = sum_i e_i                    (T lanes within the chunk, double across chunks)
+// and after the row, in double:
+//     M = max_k m_k / T over chunks with s_k > 0,   S = sum_k s_k exp(m_k / T - M),
+//     lse = M + log S,                   softmax_i = e_i * c_k  with  c_k = exp(m_k / T - lse).
+// So the logits are read once from memory, exp runs once per element, and later passes read
+// only the scratch row (L2) and multiply by one factor per chunk.
+//
+// Conventions: -inf logits are legal and give exactly 0 (a chunk of only -inf has shift 0);
+// a row whose logits are all -inf has no distribution: lse = -inf and the factors are NaN. NaN or +inf in a row make
+// that row's statistics NaN. With Input::log_probs the row is taken as already normalised:
+// lse = 0 and softmax_i = exp(v_i) exactly as given.
+
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <vector>
+
+#include "losskit/core/simd.hpp"
+
+namespace losskit::detail {
+
+template <class T>
+inline constexpr std::size_t chunk_elems = 8192 / sizeof(T);
+
+inline std::size_t chunk_count(std::size_t n, std::size_t chunk) { return (n + chunk - 1) / chunk; }
+
+// fn(k, begin, end) for each chunk of [0, n).
+template <class T, class Fn>
+inline void for_chunks(std::size_t n, Fn&& fn) {
+  constexpr std::size_t C = chunk_elems<T>;
+  for (std::size_t k = 0, b = 0; b < n; ++k, b += C) fn(k, b, b + C < n ? b + C : n);
+}
+
+// Per-row chunked softmax statistics of one input. Reused across rows (no allocation after
+// the first row of a given width).
+template <class T>
+class ChunkedSoftmax {
+ public:
+  void reset(std::size_t n) {
+    const std::size_t k = chunk_count(n, chunk_elems<T>);
+    shift_.assign(k, 0.0);
+    sum_.assign(k, 0.0);
+    factor_.assign(k, T(0));
+  }
+
+  // Chunk k over [b, e): out[i] = exp((v(i) - shift) * inv_t). `value(lanes<V>, i)` returns
+  // the logits as V (a load, or a sum of loads). `ahead`, if given, is prefetched at the same
+  // offsets one chunk later, so memory streams in while this chunk computes (prefetches
+  // never fault, so running past the row is harmless).
+  template <class Value>
+  void chunk(std::size_t k, std::size_t b, std::size_t e, T inv_t, Value&& value, T* out,
+             const T* ahead = nullptr) {
+    using simd::lanes;
+    const T m = simd::max_lanes<T>(b, e, value);
+    const T shift = m == -std::numeric_limits<T>::infinity() ? T(0) : m;
+    const auto s = simd::sum_lanes<T, 1>(b, e, [&](auto tag, std::size_t i) {
+      using V = typename decltype(tag)::type;
+      if (simd::is_batch<V> && ahead) simd::prefetch(ahead + i + chunk_elems<T>);
+      const V ex = simd::exp((value(tag, i) - V(shift)) * V(inv_t));
+      simd::store(out + i, ex);
+      return std::array<V, 1>{ex};
+    });
+    shift_[k] = double(shift) * double(inv_t);
+    sum_[k] = s[0];
+  }
+
+  // Ends the row: computes lse and the per-chunk factors. Returns lse.
+  double finish(bool log_probs) {
+    double M = -std::numeric_limits<double>::infinity();
+    for (std::size_t k = 0; k < sum_.size(); ++k)
+      if (sum_[k] > 0.0 && shift_[k] > M) M = shift_[k];
+    double S = 0.0;
+    for (std::size_t k = 0; k < sum_.size(); ++k)
+      if (sum_[k] > 0.0 || std::isnan(sum_[k])) S += sum_[k] * std::exp(shift_[k] - M);
+    if (log_probs) {
+      lse_ = 0.0;
+      total_ = std::isfinite(M) || std::isnan(S) ? S * std::exp(M) : 0.0;  // sum of exp(v), ~1
+    } else {
+      // No mass at all (every logit -inf): lse = -inf; softmax is then undefined and every
+      // kernel that needs it produces NaN through the factors below.
+      lse_ = std::isfinite(M) ? M + std::log(S) : (std::isnan(S) ? S : -std::numeric_limits<double>::infinity());
+      total_ = 1.0;
+    }
+    for (std::size_t k = 0; k < sum_.size(); ++k) factor_[k] = T(std::exp(shift_[k] - lse_));
+    return lse_;
+  }
+
+  double lse() const noexcept { return lse_; }
+  // sum of the probabilities: 1 for logits; sum of exp(v) for log-probabilities.
+  double total() const noexcept { return total_; }
+  T factor(std::size_t k) const noexcept { return factor_[k]; }
+  double factor_d(std::size_t k) const noexcept { return std::exp(shift_[k] - lse_); }
+  double chunk_sum(std::size_t k) const noexcept { return sum_[k]; }
+
+ private:
+  std::vector<double> shift_, sum_;
+  std::vector<T> factor_;
+  double lse_ = 0.0, total_ = 1.0;
+};
+
+}  // namespace losskit::detail

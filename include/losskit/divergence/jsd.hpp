@@ -1,0 +1,57 @@
+#pragma once
+// Generalised Jensen-Shannon divergence with the teacher weight beta (Agarwal et al., GKD),
+// per row, with M = beta p + (1 - beta) q:
+//   JSD_beta = beta KL(p || M) + (1 - beta) KL(q || M)
+//   d/dx_j   = (1 - beta) q_j (x_j - log M_j)                                  (log-space)
+//   d/ds_j   = ((1 - beta) / T) q_j (x_j - log M_j - KL(q || M))                (logits)
+// beta = 0 is the forward KL(p || q) and beta = 1 the reverse KL(q || p): these are special
+// cases, as in Liger-Kernel's LigerJSD and TRL's generalized_jsd_loss, not limits (JSD_beta
+// itself tends to 0 at both ends, about beta KL(p || q) near 0), so the loss changes scale by
+// 1/beta between beta = 1e-3 and beta = 0. At beta = 0.5 it is the symmetric JSD <= log 2.
+// Computed from ratios, so no large logs cancel: with r = p / q and u = M / q = beta r + 1 - beta,
+//   q (x - log M) = -q log u,   p (y - log M) = p (log r - log u),  log r = y - x.
+
+#include "losskit/core/checks.hpp"
+#include "losskit/core/pair_loss.hpp"
+#include "losskit/divergence/kl_div.hpp"
+#include "losskit/divergence/reverse_kl_div.hpp"
+
+namespace losskit {
+namespace detail {
+
+struct Jsd {
+  static constexpr const char* name = "jsd";
+  static constexpr bool spare_row = false;
+  static void check(const char* fn, const DivergenceOptions& o) { check_in(fn, "beta", o.beta, 0.0, 1.0, false, false); }
+
+  template <class T>
+  static double row(PairRow<T>& r, T* grad, double scale, const DivergenceOptions& o) {
+    if (o.beta == 0.0) return KlDiv::row(r, grad, scale, o);
+    if (o.beta == 1.0) return ReverseKlDiv::row(r, grad, scale, o);
+    r.stats();
+    const T beta = T(o.beta), keep = T(1.0 - o.beta), log_beta = T(std::log(o.beta));
+    const T gap = r.lse_gap();
+    T* g = r.w.et;
+    const auto sums = r.template sum_elements<2>([&](auto tag, std::size_t k, std::size_t i) {
+      using V = typename decltype(tag)::type;
+      const V q = r.template q<V>(k, i);
+      const V p = r.template p<V>(k, i);
+      const auto q_live = q > V(T(0));
+      const V lu = simd::log(V(beta) * (p / q) + V(keep));           // log(M / q)
+      const V log_r = -r.template log_ratio<V>(i, gap);               // y - x
+      const V qterm = simd::where(q_live, -q * lu);                   // q (x - log M)
+      const V pterm = simd::where(p > V(T(0)), p * simd::select(q_live, log_r - lu, V(-log_beta)));
+      simd::store(g + i, V(keep) * qterm);
+      return std::array<V, 2>{V(beta) * pterm + V(keep) * qterm, V(keep) * qterm};
+    });
+    if (grad) r.write_grad(grad, scale, g, [](std::size_t) { return 1.0; }, sums[1]);
+    return sums[0];
+  }
+};
+
+}  // namespace detail
+
+// losskit::jsd(student, teacher[, grad], options) -> LossResult   (options.beta, default 0.5)
+LOSSKIT_PAIR_LOSS(jsd, detail::Jsd)
+
+}  // namespace losskit

@@ -1,0 +1,50 @@
+#pragma once
+// Skew reverse KL divergence (DistiLLM), skew lambda = options.skew_alpha in (0, 1), per row,
+// with m = (1 - lambda) p + lambda q (live student q):
+//   SRKL = KL(q || m) = sum_i q_i log(q_i / m_i)
+//   d/dx_j = q_j (log(q_j / m_j) + 1 - lambda q_j / m_j)                        (log-space)
+//   d/ds_j = (1/T) (g_j - q_j sum_i g_i)                                        (logits)
+// Formed from v = m / q = (1 - lambda) p / q + lambda: SRKL = -sum_i q_i log v_i and
+// g_j = q_j (1 - log v_j - lambda / v_j). Default lambda 0.1 as in DistiLLM.
+
+#include "losskit/core/checks.hpp"
+#include "losskit/core/pair_loss.hpp"
+
+namespace losskit {
+namespace detail {
+
+struct SkewReverseKlDiv {
+  static constexpr const char* name = "skew_reverse_kl_div";
+  static constexpr bool spare_row = false;
+  static void check(const char* fn, const DivergenceOptions& o) {
+    check_in(fn, "skew_alpha", o.skew_alpha, 0.0, 1.0, true, true);
+  }
+
+  template <class T>
+  static double row(PairRow<T>& r, T* grad, double scale, const DivergenceOptions& o) {
+    r.stats();
+    const T lam = T(o.skew_alpha), keep = T(1.0 - o.skew_alpha);
+    T* g = r.w.et;
+    const auto sums = r.template sum_elements<2>([&](auto tag, std::size_t k, std::size_t i) {
+      using V = typename decltype(tag)::type;
+      const V q = r.template q<V>(k, i);
+      const V p = r.template p<V>(k, i);
+      const auto q_live = q > V(T(0));
+      const V v = V(keep) * (p / q) + V(lam);
+      const V lv = simd::log(v);
+      const V term = simd::where(q_live, -q * lv);
+      const V gi = simd::where(q_live, q * (V(T(1)) - lv - V(lam) / v));
+      simd::store(g + i, gi);
+      return std::array<V, 2>{term, gi};
+    });
+    if (grad) r.write_grad(grad, scale, g, [](std::size_t) { return 1.0; }, sums[1]);
+    return sums[0];
+  }
+};
+
+}  // namespace detail
+
+// losskit::skew_reverse_kl_div(student, teacher[, grad], options) -> LossResult
+LOSSKIT_PAIR_LOSS(skew_reverse_kl_div, detail::SkewReverseKlDiv)
+
+}  // namespace losskit

@@ -1,0 +1,42 @@
+#pragma once
+// Total variation distance, per row:
+//   TVD = 1/2 sum_i |p_i - q_i|  in [0, 1]
+//   d/dq_j = 1/2 sign(q_j - p_j), with ties taking -1/2 as Liger-Kernel's LigerTVDLoss does
+//   d/dx_j = q_j d/dq_j (log-space);  d/ds_j = (1/T)(g_j - q_j sum_i g_i) (logits)
+// Liger-Kernel takes probabilities; losskit takes logits (or log-probabilities) like the other
+// divergences. DistiLLM's tv_distance is the same value.
+
+#include "losskit/core/pair_loss.hpp"
+
+namespace losskit {
+namespace detail {
+
+struct Tvd {
+  static constexpr const char* name = "tvd";
+  static constexpr bool spare_row = false;
+  static void check(const char*, const DivergenceOptions&) {}
+
+  template <class T>
+  static double row(PairRow<T>& r, T* grad, double scale, const DivergenceOptions&) {
+    r.stats();
+    T* g = r.w.et;
+    const auto sums = r.template sum_elements<2>([&](auto tag, std::size_t k, std::size_t i) {
+      using V = typename decltype(tag)::type;
+      const V q = r.template q<V>(k, i);
+      const V p = r.template p<V>(k, i);
+      const V half(T(0.5));
+      const V gi = q * simd::select(q > p, half, -half);
+      simd::store(g + i, gi);
+      return std::array<V, 2>{half * simd::abs(p - q), gi};
+    });
+    if (grad) r.write_grad(grad, scale, g, [](std::size_t) { return 1.0; }, sums[1]);
+    return sums[0];
+  }
+};
+
+}  // namespace detail
+
+// losskit::tvd(student, teacher[, grad], options) -> LossResult
+LOSSKIT_PAIR_LOSS(tvd, detail::Tvd)
+
+}  // namespace losskit

@@ -1,0 +1,183 @@
+// Options, reductions, views and errors, shared by every divergence (exercised through kl_div
+// and the kernels whose hyperparameters have ranges).
+#include "test_support.hpp"
+
+#include <stdexcept>
+#include <string>
+
+using lktest::RowMatrix;
+using losskit::DivergenceOptions;
+using losskit::Reduction;
+
+namespace {
+template <class Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "no exception";
+}
+bool has(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
+}  // namespace
+
+TEMPLATE_TEST_CASE("reductions: sum, mean over counted rows, none, weights, normalizer", "[options]", float, double) {
+  const auto s = lktest::random_logits<TestType>(5, 64, 1), t = lktest::random_logits<TestType>(5, 64, 2);
+  DivergenceOptions o;
+  o.reduction = Reduction::none;
+  const auto none = losskit::kl_div(s, t, o);
+  REQUIRE(none.per_row.size() == 5);
+  o.reduction = Reduction::sum;
+  const auto sum = losskit::kl_div(s, t, o);
+  CHECK_THAT(sum.value, Catch::Matchers::WithinRel(none.per_row.sum(), 1e-12));
+  CHECK_THAT(none.value, Catch::Matchers::WithinRel(none.per_row.sum(), 1e-12));
+  o.reduction = Reduction::mean;
+  CHECK_THAT(losskit::kl_div(s, t, o).value, Catch::Matchers::WithinRel(sum.value / 5, 1e-12));
+
+  SECTION("ignore_index rows are skipped: zero gradient, not counted") {
+    const std::vector<std::int32_t> labels{3, -100, 1, -100, 0};
+    o.labels = labels;
+    RowMatrix<TestType> g = RowMatrix<TestType>::Constant(5, 64, TestType(9));
+    const auto r = losskit::kl_div(s, t, g, o);
+    CHECK(r.count == 3);
+    CHECK(r.denominator == 3.0);
+    CHECK_THAT(r.value, Catch::Matchers::WithinRel((none.per_row(0) + none.per_row(2) + none.per_row(4)) / 3, 1e-6));
+    CHECK(g.row(1).cwiseAbs().maxCoeff() == TestType(0));
+    CHECK(g.row(3).cwiseAbs().maxCoeff() == TestType(0));
+    CHECK(g.row(0).cwiseAbs().maxCoeff() > TestType(0));
+  }
+  SECTION("weights: weighted mean divides by the weight sum; gradient scales with the weight") {
+    const std::vector<double> w{1.0, 0.0, 2.0, 0.5, 1.0};
+    o.weights = w;
+    RowMatrix<TestType> g(5, 64), g1(5, 64);
+    const auto r = losskit::kl_div(s, t, g, o);
+    const double want = (none.per_row(0) + 2 * none.per_row(2) + 0.5 * none.per_row(3) + none.per_row(4)) / 4.5;
+    CHECK_THAT(r.value, Catch::Matchers::WithinRel(want, 1e-6));
+    CHECK(r.count == 4);
+    losskit::kl_div(s, t, g1, {});
+    CHECK((g.row(2) - g1.row(2) * TestType(2 * 5 / 4.5)).cwiseAbs().maxCoeff() <= TestType(1e-7));
+    CHECK(g.row(1).cwiseAbs().maxCoeff() == TestType(0));
+  }
+  SECTION("normalizer replaces the denominator (gradient accumulation with a global count)") {
+    o.normalizer = 100.0;
+    CHECK_THAT(losskit::kl_div(s, t, o).value, Catch::Matchers::WithinRel(sum.value / 100, 1e-12));
+  }
+  SECTION("grad_scale multiplies the gradient only") {
+    RowMatrix<TestType> g1(5, 64), g2(5, 64);
+    const double v1 = losskit::kl_div(s, t, g1, o).value;
+    o.grad_scale = -3.0;
+    const double v2 = losskit::kl_div(s, t, g2, o).value;
+    CHECK(v1 == v2);
+    CHECK((g2 + TestType(3) * g1).cwiseAbs().maxCoeff() <= TestType(1e-7));
+  }
+}
+
+TEMPLATE_TEST_CASE("views: Map with outer stride, row blocks, in-place gradient, tensors", "[views]", float, double) {
+  const auto s = lktest::random_logits<TestType>(6, 40, 1), t = lktest::random_logits<TestType>(6, 40, 2);
+  RowMatrix<TestType> g(6, 40);
+  const double ref = losskit::kl_div(s, t, g, {}).value;
+
+  SECTION("Map over a padded buffer (leading dimension 48)") {
+    std::vector<TestType> bs(6 * 48, TestType(1e30)), bt(6 * 48, TestType(-1e30));
+    for (int r = 0; r < 6; ++r)
+      for (int c = 0; c < 40; ++c) {
+        bs[std::size_t(r * 48 + c)] = s(r, c);
+        bt[std::size_t(r * 48 + c)] = t(r, c);
+      }
+    using Map = Eigen::Map<const RowMatrix<TestType>, 0, Eigen::OuterStride<>>;
+    Map ms(bs.data(), 6, 40, Eigen::OuterStride<>(48)), mt(bt.data(), 6, 40, Eigen::OuterStride<>(48));
+    std::vector<TestType> bg(6 * 48, TestType(5));
+    Eigen::Map<RowMatrix<TestType>, 0, Eigen::OuterStride<>> mg(bg.data(), 6, 40, Eigen::OuterStride<>(48));
+    CHECK(losskit::kl_div(ms, mt, mg, {}).value == ref);
+    CHECK(mg == g);
+    CHECK(bg[40] == TestType(5));  // padding untouched
+  }
+  SECTION("a block of rows") {
+    RowMatrix<TestType> gb = RowMatrix<TestType>::Zero(6, 40);
+    const auto r = losskit::kl_div(s.middleRows(2, 3), t.middleRows(2, 3), gb.middleRows(2, 3), {});
+    RowMatrix<TestType> g3(3, 40);
+    const RowMatrix<TestType> s3 = s.middleRows(2, 3), t3 = t.middleRows(2, 3);
+    CHECK(r.value == losskit::kl_div(s3, t3, g3, {}).value);
+    CHECK(gb.middleRows(2, 3) == g3);
+    CHECK(gb.row(0).cwiseAbs().maxCoeff() == TestType(0));
+  }
+  SECTION("gradient written over the student logits") {
+    RowMatrix<TestType> inplace = s;
+    CHECK(losskit::kl_div(inplace, t, inplace, {}).value == ref);
+    CHECK(inplace == g);
+  }
+  SECTION("rank-3 row-major TensorMap [batch, seq, vocab]") {
+    Eigen::TensorMap<Eigen::Tensor<const TestType, 3, Eigen::RowMajor>> ts(s.data(), 2, 3, 40), tt(t.data(), 2, 3, 40);
+    Eigen::Tensor<TestType, 3, Eigen::RowMajor> tg(2, 3, 40);
+    CHECK(losskit::kl_div(ts, tt, tg, {}).value == ref);
+    CHECK(std::equal(g.data(), g.data() + g.size(), tg.data()));
+  }
+  SECTION("rank-2 Tensor") {
+    Eigen::Tensor<TestType, 2, Eigen::RowMajor> ts(6, 40), tt(6, 40);
+    std::copy(s.data(), s.data() + s.size(), ts.data());
+    std::copy(t.data(), t.data() + t.size(), tt.data());
+    CHECK(losskit::kl_div(ts, tt, {}).value == ref);
+  }
+}
+
+TEST_CASE("errors name the function, the argument and the values; outputs stay untouched", "[errors]") {
+  const auto s = lktest::random_logits<float>(4, 10, 1), t = lktest::random_logits<float>(4, 10, 2);
+  RowMatrix<float> g = RowMatrix<float>::Constant(4, 10, 42.f);
+  auto untouched = [&] { return (g.array() == 42.f).all(); };
+
+  const auto t9 = lktest::random_logits<float>(4, 9, 3);
+  auto e = error_of([&] { losskit::kl_div(s, t9, g, {}); });
+  CHECK(has(e, "losskit::kl_div"));
+  CHECK(has(e, "'teacher' has shape 4x9, expected 4x10"));
+
+  RowMatrix<float> g5(5, 10);
+  e = error_of([&] { losskit::reverse_kl_div(s, t, g5, {}); });
+  CHECK(has(e, "losskit::reverse_kl_div"));
+  CHECK(has(e, "'grad' has shape 5x10"));
+
+  const RowMatrix<float> empty(4, 0);
+  e = error_of([&] { losskit::tvd(empty, empty, {}); });
+  CHECK(has(e, "'student' has shape 4x0"));
+
+  DivergenceOptions o;
+  o.temperature = 0.0;
+  e = error_of([&] { losskit::kl_div(s, t, g, o); });
+  CHECK(has(e, "'temperature' must be positive"));
+  o.temperature = -1.0;
+  CHECK(has(error_of([&] { losskit::kl_div(s, t, g, o); }), "got -1"));
+
+  o = {};
+  o.beta = 1.5;
+  e = error_of([&] { losskit::jsd(s, t, g, o); });
+  CHECK(has(e, "losskit::jsd: 'beta' must be in [0, 1], got 1.5"));
+
+  o = {};
+  for (double a : {0.0, 1.0, -0.2}) {
+    o.skew_alpha = a;
+    CHECK(has(error_of([&] { losskit::skew_kl_div(s, t, g, o); }), "'skew_alpha' must be in (0, 1)"));
+    CHECK(has(error_of([&] { losskit::skew_reverse_kl_div(s, t, g, o); }), "'skew_alpha' must be in (0, 1)"));
+  }
+
+  o = {};
+  const std::vector<float> w3{1, 1, 1};
+  o.weights = w3;
+  CHECK(has(error_of([&] { losskit::kl_div(s, t, g, o); }), "'weights' has 3 entries, expected one per row (4)"));
+  const std::vector<float> wneg{1, -1, 1, 1};
+  o.weights = wneg;
+  CHECK(has(error_of([&] { losskit::kl_div(s, t, g, o); }), "'weights' must be finite and >= 0"));
+
+  o = {};
+  const std::vector<std::int64_t> l5{0, 1, 2, 3, 4};
+  o.labels = l5;
+  CHECK(has(error_of([&] { losskit::cauchy_schwarz_div(s, t, g, o); }), "'labels' has 5 entries"));
+
+  o = {};
+  o.student_input = losskit::Input::log_probs;
+  o.temperature = 2.0;
+  CHECK(has(error_of([&] { losskit::kl_div(s, t, g, o); }), "'temperature' must be 1 with log-probability inputs"));
+
+  CHECK(has(error_of([&] { losskit::kl_div(s, t, const_cast<RowMatrix<float>&>(t), DivergenceOptions{}); }),
+            "may alias 'student' but not 'teacher'"));
+  CHECK(untouched());
+}
