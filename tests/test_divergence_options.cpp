@@ -181,3 +181,21 @@ TEST_CASE("errors name the function, the argument and the values; outputs stay u
             "may alias 'student' but not 'teacher'"));
   CHECK(untouched());
 }
+
+TEST_CASE("large gradients (non-temporal stores) equal the same rows computed in small pieces", "[views]") {
+  // 300 x 8192 floats is 9.8 MB: written with streaming stores; each half stays below 8 MB.
+  const auto s = lktest::random_logits<float>(300, 8192, 1), t = lktest::random_logits<float>(300, 8192, 2);
+  RowMatrix<float> whole(300, 8192), parts = RowMatrix<float>::Zero(300, 8192);
+  DivergenceOptions o;
+  o.reduction = Reduction::sum;
+  o.temperature = 1.5;
+  const double v = losskit::jsd(s, t, whole, o).value;
+  const double v1 = losskit::jsd(s.topRows(150), t.topRows(150), parts.topRows(150), o).value;
+  const double v2 = losskit::jsd(s.bottomRows(150), t.bottomRows(150), parts.bottomRows(150), o).value;
+  CHECK_THAT(v, Catch::Matchers::WithinRel(v1 + v2, 1e-12));
+  CHECK(whole == parts);
+  RowMatrix<float> g2(300, 8192);
+  o.threads = 2;
+  CHECK(losskit::jsd(s, t, g2, o).value == v);
+  CHECK(g2 == whole);
+}

@@ -6,7 +6,7 @@
 //
 // A kernel runs three steps over a row:
 //   1. stats():   one pass over memory; per chunk, exps of both rows into scratch (es, et),
-//                 and optional per-chunk sums of its own (the `extra` hook, data still in L1).
+//                 and optional sums of the kernel's own riding in the same loop.
 //   2. its own element pass, if any, over scratch and the rows (L2), which may overwrite et
 //      with its log-space gradient g_i = dL/dx_i.
 //   3. write_grad(): the student gradient from g (log-space chain rule):
@@ -15,6 +15,8 @@
 //      with g_j = G_j * gfac_k read from a scratch row G and one factor per chunk.
 
 #include <cstddef>
+#include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "losskit/core/simd.hpp"
@@ -40,6 +42,27 @@ struct PairScratch {
   }
 };
 
+// out[i] = value(lanes<V>, i) over [b, e); with `stream`, whole batches at batch-aligned
+// addresses go out as non-temporal stores (the caller fences once at the end).
+template <class T, class Value>
+inline void store_row(T* out, std::size_t b, std::size_t e, bool stream, Value&& value) {
+  const bool nt = stream && reinterpret_cast<std::uintptr_t>(out + b) % sizeof(simd::batch<T>) == 0;
+  simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) {
+    using V = typename decltype(tag)::type;
+    const V v = value(tag, i);
+    if (simd::is_batch<V> && nt)
+      simd::stream(out + i, v);
+    else
+      simd::store(out + i, v);
+  });
+}
+
+// {a, b, x[0], ..., x[K-1]} as one aggregate (keeps the accumulators in registers).
+template <class V, class X, std::size_t... J>
+inline std::array<V, sizeof...(J) + 2> prepend(const V& a, const V& b, const X& x, std::index_sequence<J...>) {
+  return {a, b, x[J]...};
+}
+
 template <class T>
 struct PairRow {
   const T* s;
@@ -49,27 +72,51 @@ struct PairRow {
   bool student_log_probs;
   bool teacher_log_probs;
   PairScratch<T>& w;
+  bool stream = false;  // write the gradient with non-temporal stores (large outputs)
 
-  // Step 1. extra(k, b, e) runs after chunk k's exps, while the chunk is in L1.
-  template <class Extra>
+  // Step 1: one pass over memory. Per chunk: the maxima of both rows, then one loop taking
+  // both exps (stored in es, et) and their sums, plus K sums of a kernel's own,
+  // extra(lanes<V>, i, s_i, t_i, es_i, et_i) -> std::array<V, K>, computed while everything is
+  // in registers. Chunk k's extra sums land in w.chunk[k * K + j] (relative to the chunk's own
+  // shifts: multiply by the chunk factors to merge).
+  template <std::size_t K, class Extra>
   void stats(Extra&& extra) {
     w.q.reset(n);
     w.p.reset(n);
-    w.chunk.assign(chunk_count(n, chunk_elems<T>), 0.0);
+    w.chunk.assign(chunk_count(n, chunk_elems<T>) * K, 0.0);
     const T* sp = s;
     const T* tp = t;
-    auto sv = [sp](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(sp + i); };
-    auto tv = [tp](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(tp + i); };
+    T* es = w.es;
+    T* et = w.et;
+    const T it = inv_t;
     for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
-      w.q.chunk(k, b, e, inv_t, sv, w.es, sp);
-      w.p.chunk(k, b, e, inv_t, tv, w.et, tp);
-      extra(k, b, e);
+      const T ss = ChunkedSoftmax<T>::shift_for(
+          simd::max_lanes<T>(b, e, [sp](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(sp + i); }));
+      const T st = ChunkedSoftmax<T>::shift_for(
+          simd::max_lanes<T>(b, e, [tp](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(tp + i); }));
+      // exp((v - shift) / T) = 2^(v c - shift c), c = log2(e) / T: one fma and a cheap exp2
+      const T c = it * simd::log2e<T>, ns = -ss * c, nt = -st * c;
+      const auto sums = simd::sum_lanes<T, K + 2>(b, e, [&](auto tag, std::size_t i) {
+        using V = typename decltype(tag)::type;
+        if constexpr (simd::is_batch<V>) {  // the next chunk streams in while this one computes
+          simd::prefetch(sp + i + chunk_elems<T>);
+          simd::prefetch(tp + i + chunk_elems<T>);
+        }
+        const V sv = simd::load<V>(sp + i), tv = simd::load<V>(tp + i);
+        const V ev = simd::exp2(simd::fma(sv, V(c), V(ns))), fv = simd::exp2(simd::fma(tv, V(c), V(nt)));
+        simd::store(es + i, ev);
+        simd::store(et + i, fv);
+        return prepend(ev, fv, extra(tag, i, sv, tv, ev, fv), std::make_index_sequence<K>{});
+      });
+      w.q.record(k, ss, it, sums[0]);
+      w.p.record(k, st, it, sums[1]);
+      for (std::size_t j = 0; j < K; ++j) w.chunk[k * K + j] = sums[j + 2];
     });
     w.q.finish(student_log_probs);
     w.p.finish(teacher_log_probs);
   }
   void stats() {
-    stats([](std::size_t, std::size_t, std::size_t) {});
+    stats<0>([](auto, std::size_t, const auto&, const auto&, const auto&, const auto&) { return std::array<int, 0>{}; });
   }
 
   // x_i = s_i / T - lse_q and y_i = t_i / T - lse_p as V, for element passes.
@@ -114,16 +161,16 @@ struct PairRow {
   void write_grad(T* grad, double scale, const T* G, GFactor&& gfac, double sum_g) const {
     const bool logits = !student_log_probs;
     const double a = logits ? scale * double(inv_t) : scale;
+    const T* es = w.es;
     for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
       const T alpha = logits ? T(-a * sum_g * w.q.factor_d(k)) : T(0);
       const T beta = T(a * double(gfac(k)));
-      const T* es = w.es;
-      simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) {
+      store_row<T>(grad, b, e, stream, [&](auto tag, std::size_t i) {
         using V = typename decltype(tag)::type;
-        const V g = V(alpha) * simd::load<V>(es + i) + V(beta) * simd::load<V>(G + i);
-        simd::store(grad + i, g);
+        return V(alpha) * simd::load<V>(es + i) + V(beta) * simd::load<V>(G + i);
       });
     });
+    if (stream) simd::stream_fence();
   }
 };
 

@@ -48,10 +48,11 @@ inline LossResult run_pair(const RowsView<const T>& s, const RowsView<const T>& 
   RowPlan plan = plan_rows(o, s.rows, s.cols, o.scale_by_t_squared ? temp * temp : 1.0);
   const T inv_t = T(1.0 / temp);
   const bool slp = o.student_input == Input::log_probs, tlp = o.teacher_input == Input::log_probs;
+  const bool stream = streaming_output<T>(s.rows, s.cols);
   return run_rows<T>(
       plan, s.rows, g, [&] { return PairScratch<T>(s.cols, Kernel::spare_row); },
       [&](PairScratch<T>& w, std::ptrdiff_t r, T* grad, double scale) {
-        PairRow<T> row{s.row(r), t.row(r), std::size_t(s.cols), inv_t, slp, tlp, w};
+        PairRow<T> row{s.row(r), t.row(r), std::size_t(s.cols), inv_t, slp, tlp, w, stream};
         return Kernel::row(row, grad, scale, o);
       });
 }

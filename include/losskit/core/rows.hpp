@@ -30,6 +30,14 @@ struct RowPlan {
   int threads = 1;
 };
 
+// Gradients larger than this go out with non-temporal stores: they cannot stay in cache
+// anyway, and skipping the read-for-ownership of every output line saves a quarter of the
+// memory traffic of a two-input kernel. Smaller ones stay in cache for the caller.
+template <class T>
+inline bool streaming_output(std::ptrdiff_t rows, std::ptrdiff_t cols) {
+  return double(rows) * double(cols) * double(sizeof(T)) >= 8.0 * 1024 * 1024;
+}
+
 // Reads the fields every row-wise options struct has: reduction, labels, ignore_index,
 // weights, grad_scale, normalizer, threads.
 template <class Options>

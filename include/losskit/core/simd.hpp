@@ -12,6 +12,9 @@
 #include "losskit/core/config.hpp"
 
 #include <xsimd/xsimd.hpp>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -67,6 +70,41 @@ inline void store(scalar_t<V>* p, const V& v) noexcept {
   }
 }
 
+// Non-temporal store of a whole batch to an address aligned to the batch size (x86: bypasses
+// the caches and the read-for-ownership of the destination line). Falls back to a plain store
+// elsewhere. Call stream_fence() before the data is handed to another thread.
+template <class V>
+inline void stream(scalar_t<V>* p, const V& v) noexcept {
+#if defined(__AVX512F__)
+  if constexpr (is_batch<V> && sizeof(V) == 64) {
+    if constexpr (std::is_same_v<scalar_t<V>, float>) _mm512_stream_ps(p, v);
+    else _mm512_stream_pd(p, v);
+    return;
+  }
+#endif
+#if defined(__AVX__)
+  if constexpr (is_batch<V> && sizeof(V) == 32) {
+    if constexpr (std::is_same_v<scalar_t<V>, float>) _mm256_stream_ps(p, v);
+    else _mm256_stream_pd(p, v);
+    return;
+  }
+#endif
+#if defined(__SSE2__)
+  if constexpr (is_batch<V> && sizeof(V) == 16) {
+    if constexpr (std::is_same_v<scalar_t<V>, float>) _mm_stream_ps(p, v);
+    else _mm_stream_pd(p, v);
+    return;
+  }
+#endif
+  store(p, v);
+}
+
+inline void stream_fence() noexcept {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
 template <class V>
 inline V splat(scalar_t<V> x) noexcept {
   return V(x);
@@ -119,12 +157,32 @@ inline xsimd::batch<T, A> exp(const xsimd::batch<T, A>& x) noexcept {
 inline float exp(float x) noexcept { return std::exp(x); }
 inline double exp(double x) noexcept { return std::exp(x); }
 
+// 2^x: cheaper than exp (no Cody-Waite split); e^y = 2^(y log2 e) with the scale folded into
+// the caller's fma.
+template <class T, class A>
+inline xsimd::batch<T, A> exp2(const xsimd::batch<T, A>& x) noexcept {
+  return xsimd::exp2(x);
+}
+inline float exp2(float x) noexcept { return std::exp2(x); }
+inline double exp2(double x) noexcept { return std::exp2(x); }
+
+template <class T>
+inline constexpr T log2e = T(1.442695040888963407359924681001892137);
+
 template <class T, class A>
 inline xsimd::batch<T, A> log(const xsimd::batch<T, A>& x) noexcept {
   return xsimd::log(x);
 }
 inline float log(float x) noexcept { return std::log(x); }
 inline double log(double x) noexcept { return std::log(x); }
+
+template <class T, class A>
+inline xsimd::batch<T, A> fma(const xsimd::batch<T, A>& a, const xsimd::batch<T, A>& b,
+                              const xsimd::batch<T, A>& c) noexcept {
+  return xsimd::fma(a, b, c);
+}
+inline float fma(float a, float b, float c) noexcept { return std::fma(a, b, c); }
+inline double fma(double a, double b, double c) noexcept { return std::fma(a, b, c); }
 
 template <class T, class A>
 inline xsimd::batch<T, A> abs(const xsimd::batch<T, A>& x) noexcept {

@@ -12,8 +12,8 @@
 // only the scratch row (L2) and multiply by one factor per chunk.
 //
 // Conventions: -inf logits are legal and give exactly 0 (a chunk of only -inf has shift 0);
-// a row whose logits are all -inf has no distribution: lse = -inf and the factors are NaN. NaN or +inf in a row make
-// that row's statistics NaN. With Input::log_probs the row is taken as already normalised:
+// a row whose logits are all -inf has no distribution: lse = -inf and the factors are NaN.
+// NaN or +inf in a row make that row's statistics NaN. With Input::log_probs the row is taken as already normalised:
 // lse = 0 and softmax_i = exp(v_i) exactly as given.
 
 #include <cmath>
@@ -57,18 +57,27 @@ class ChunkedSoftmax {
   void chunk(std::size_t k, std::size_t b, std::size_t e, T inv_t, Value&& value, T* out,
              const T* ahead = nullptr) {
     using simd::lanes;
-    const T m = simd::max_lanes<T>(b, e, value);
-    const T shift = m == -std::numeric_limits<T>::infinity() ? T(0) : m;
+    const T shift = shift_for(simd::max_lanes<T>(b, e, value));
+    const T c = inv_t * simd::log2e<T>, nc = -shift * c;  // exp((v - shift) / T) = 2^(v c - shift c)
     const auto s = simd::sum_lanes<T, 1>(b, e, [&](auto tag, std::size_t i) {
       using V = typename decltype(tag)::type;
       if (simd::is_batch<V> && ahead) simd::prefetch(ahead + i + chunk_elems<T>);
-      const V ex = simd::exp((value(tag, i) - V(shift)) * V(inv_t));
+      const V ex = simd::exp2(simd::fma(value(tag, i), V(c), V(nc)));
       simd::store(out + i, ex);
       return std::array<V, 1>{ex};
     });
-    shift_[k] = double(shift) * double(inv_t);
-    sum_[k] = s[0];
+    record(k, shift, inv_t, s[0]);
   }
+
+  // Records chunk k computed elsewhere: exps taken relative to `shift` (the value returned by
+  // shift_for(chunk max)), scaled by inv_t, summing to `sum`.
+  void record(std::size_t k, T shift, T inv_t, double sum) {
+    shift_[k] = double(shift) * double(inv_t);
+    sum_[k] = sum;
+  }
+
+  // The shift used for a chunk whose maximum is m: m itself, or 0 for a chunk of only -inf.
+  static T shift_for(T m) { return m == -std::numeric_limits<T>::infinity() ? T(0) : m; }
 
   // Ends the row: computes lse and the per-chunk factors. Returns lse.
   double finish(bool log_probs) {
@@ -80,7 +89,7 @@ class ChunkedSoftmax {
       if (sum_[k] > 0.0 || std::isnan(sum_[k])) S += sum_[k] * std::exp(shift_[k] - M);
     if (log_probs) {
       lse_ = 0.0;
-      total_ = std::isfinite(M) || std::isnan(S) ? S * std::exp(M) : 0.0;  // sum of exp(v), ~1
+      total_ = std::isfinite(M) ? S * std::exp(M) : S * 0.0;  // sum of exp(v), ~1 (NaN stays NaN)
     } else {
       // No mass at all (every logit -inf): lse = -inf; softmax is then undefined and every
       // kernel that needs it produces NaN through the factors below.

@@ -44,11 +44,12 @@ struct CauchySchwarzDiv {
       const double a = 2.0 * scale * double(r.inv_t);
       for_chunks<T>(r.n, [&](std::size_t k, std::size_t b, std::size_t e) {
         const T fa = T(a * w.q.factor_d(k)), fc = T(a * w.m.factor_d(k));
-        simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) {
+        store_row<T>(grad, b, e, r.stream, [&](auto tag, std::size_t i) {
           using V = typename decltype(tag)::type;
-          simd::store(grad + i, V(fa) * simd::load<V>(w.es + i) - V(fc) * simd::load<V>(w.ex + i));
+          return V(fa) * simd::load<V>(w.es + i) - V(fc) * simd::load<V>(w.ex + i);
         });
       });
+      if (r.stream) simd::stream_fence();
     }
     return value;
   }

@@ -22,16 +22,11 @@ struct KlDiv {
 
   template <class T>
   static double row(PairRow<T>& r, T* grad, double scale, const DivergenceOptions&) {
-    const T* s = r.s;
-    const T* t = r.t;
-    const T* et = r.w.et;
-    r.stats([&](std::size_t k, std::size_t b, std::size_t e) {
-      r.w.chunk[k] = simd::sum_lanes<T, 1>(b, e, [&](auto tag, std::size_t i) {
-        using V = typename decltype(tag)::type;
-        const V p = simd::load<V>(et + i);
-        return std::array<V, 1>{simd::where(p > V(T(0)), p * (simd::load<V>(t + i) - simd::load<V>(s + i)))};
-      })[0];
+    r.template stats<1>([](auto, std::size_t, const auto& s, const auto& t, const auto&, const auto& p) {
+      using V = std::decay_t<decltype(s)>;
+      return std::array<V, 1>{simd::where(p > V(T(0)), p * (t - s))};
     });
+    const T* et = r.w.et;
     const double gap = r.w.p.lse() - r.w.q.lse();
     double kl = 0.0;
     for (std::size_t k = 0; k < r.w.chunk.size(); ++k)
