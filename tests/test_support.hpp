@@ -10,6 +10,7 @@
 #include <functional>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -247,6 +248,73 @@ void divergence_common(const DivFn<T>& fn, const DivFn<double>& fnd, const DivFn
     CHECK(r.count == 0);
     CHECK(g.cwiseAbs().maxCoeff() == T(0));
   }
+}
+
+// Central differences in double of any scalar loss of one matrix: fn(x, grad_or_null) returns
+// the value and, given a gradient output, writes its analytic gradient there. Same step and
+// tolerance as check_gradient_fd; entries of x that are not finite are skipped.
+using MatrixFn = std::function<double(const RowMatrix<double>&, RowMatrix<double>*)>;
+inline void check_gradient_fd(const MatrixFn& fn, const RowMatrix<double>& x, double tol = 1e-6) {
+  RowMatrix<double> g(x.rows(), x.cols());
+  fn(x, &g);
+  RowMatrix<double> w = x;
+  double worst = 0;
+  Eigen::Index wr = 0, wc = 0;
+  for (Eigen::Index r = 0; r < x.rows(); ++r)
+    for (Eigen::Index c = 0; c < x.cols(); ++c) {
+      if (!std::isfinite(x(r, c))) continue;
+      const double h = 1e-6 * std::max(1.0, std::fabs(x(r, c)));
+      w(r, c) = x(r, c) + h;
+      const double fp = fn(w, nullptr);
+      w(r, c) = x(r, c) - h;
+      const double fm = fn(w, nullptr);
+      w(r, c) = x(r, c);
+      const double num = (fp - fm) / (2 * h);
+      const double err = std::fabs(g(r, c) - num) / std::max(1e-2, std::fabs(num));
+      if (!(err <= worst)) {
+        worst = err;
+        wr = r;
+        wc = c;
+      }
+    }
+  CAPTURE(x.rows(), x.cols(), wr, wc, g(wr, wc), worst);
+  CHECK(worst <= tol);
+}
+
+// The message of the std::invalid_argument that fn() throws, or "no exception" (Catch2 v2/v3
+// spell their exception matchers differently).
+template <class Fn>
+std::string invalid_argument_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "no exception";
+}
+
+// The message of the std::out_of_range that fn() throws (labels, indices), or "no exception".
+template <class Fn>
+std::string out_of_range_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const std::out_of_range& e) {
+    return e.what();
+  }
+  return "no exception";
+}
+
+// Central difference (f(x + h e_k) - f(x - h e_k)) / 2h of a scalar function of a double vector or
+// matrix `x` along coordinate k (linear index), with x restored afterwards.
+template <class F, class M>
+double central_difference(F&& f, M& x, Eigen::Index k, double h) {
+  const double x0 = x.data()[k];
+  x.data()[k] = x0 + h;
+  const double fp = f(x);
+  x.data()[k] = x0 - h;
+  const double fm = f(x);
+  x.data()[k] = x0;
+  return (fp - fm) / (2 * h);
 }
 
 }  // namespace lktest

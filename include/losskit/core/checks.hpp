@@ -9,6 +9,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "losskit/core/types.hpp"
 #include "losskit/core/views.hpp"
@@ -75,6 +76,47 @@ inline void check_row_options(const char* fn, const Options& o, std::ptrdiff_t r
   if (!(o.normalizer >= 0.0) || !std::isfinite(o.normalizer))
     fail(fn, "'normalizer' must be >= 0 (0 means: use the reduction's own), got ", o.normalizer);
   if (o.threads < 0) fail(fn, "'threads' must be >= 0 (0 means: all hardware threads), got ", o.threads);
+}
+
+// Two inputs of one shape (student and teacher, logits and targets): the same scalar type
+// (float or double), at least one column, contiguous rows.
+template <class A, class B>
+inline void check_row_pair(const char* fn, const char* a_name, const A& a, const char* b_name, const B& b) {
+  using T = scalar_of_t<A>;
+  static_assert(std::is_same_v<T, scalar_of_t<B>>, "losskit: both inputs must have the same scalar type");
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "losskit: scalar type must be float or double");
+  const auto av = rows_view(a);
+  check_nonempty(fn, a_name, av);
+  check_same_shape(fn, b_name, rows_view(b), a_name, av);
+  if (!has_unit_inner_stride(a) || !has_unit_inner_stride(b)) fail(fn, "inputs must have contiguous rows (inner stride 1)");
+}
+
+// The gradient output of a kernel (null: forward only, an empty view): a writable row-major
+// matrix of the shape of `like` (named `like_name` in the message), with contiguous rows.
+template <class T, class G>
+inline RowsView<T> checked_grad_view(const char* fn, G* grad, const char* like_name, const RowsView<const T>& like) {
+  static_assert(!std::is_const_v<G>, "losskit: the gradient output must not be const");
+  static_assert(std::is_same_v<T, scalar_of_t<G>>, "losskit: the gradient must have the inputs' scalar type");
+  if (!grad) return {};
+  const RowsView<T> gv = mutable_rows_view(*grad);
+  check_same_shape(fn, "grad", gv, like_name, like);
+  if (!has_unit_inner_stride(*grad)) fail(fn, "'grad' must have contiguous rows (inner stride 1)");
+  return gv;
+}
+
+// The views of a kernel with two inputs of one shape and an optional gradient of that shape:
+// check_row_pair, then checked_grad_view against the first input.
+template <class T>
+struct PairViews {
+  RowsView<const T> a, b;
+  RowsView<T> g;
+};
+template <class A, class B, class G>
+inline PairViews<scalar_of_t<A>> checked_pair_views(const char* fn, const char* a_name, const A& a, const char* b_name,
+                                                    const B& b, G* grad) {
+  check_row_pair(fn, a_name, a, b_name, b);
+  const auto av = rows_view(a);
+  return {av, rows_view(b), checked_grad_view<scalar_of_t<A>>(fn, grad, a_name, av)};
 }
 
 }  // namespace losskit::detail

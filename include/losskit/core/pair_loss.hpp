@@ -41,9 +41,12 @@ namespace detail {
 //   static void check(const char* fn, const DivergenceOptions&);
 //   template <class T> static double row(PairRow<T>&, T* grad_or_null, double scale,
 //                                        const DivergenceOptions&);
-template <class Kernel, class T>
+// A kernel with options of its own (e.g. topk_kl_div) takes its own Options type in place of
+// DivergenceOptions; it must have DivergenceOptions' temperature, scale_by_t_squared, input
+// kinds and row fields (reduction, labels, ignore_index, weights, grad_scale, normalizer, threads).
+template <class Kernel, class T, class Options>
 inline LossResult run_pair(const RowsView<const T>& s, const RowsView<const T>& t, const RowsView<T>& g,
-                           const DivergenceOptions& o) {
+                           const Options& o) {
   const double temp = o.temperature;
   RowPlan plan = plan_rows(o, s.rows, s.cols, o.scale_by_t_squared ? temp * temp : 1.0);
   const T inv_t = T(1.0 / temp);
@@ -57,27 +60,15 @@ inline LossResult run_pair(const RowsView<const T>& s, const RowsView<const T>& 
       });
 }
 
-template <class Kernel, class S, class Tt, class G>
-inline LossResult pair_loss(const S& student, const Tt& teacher, G* grad, const DivergenceOptions& o) {
+template <class Kernel, class S, class Tt, class G, class Options>
+inline LossResult pair_loss(const S& student, const Tt& teacher, G* grad, const Options& o) {
   using T = scalar_of_t<S>;
-  static_assert(std::is_same_v<T, scalar_of_t<Tt>>, "losskit: student and teacher must have the same scalar type");
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "losskit: scalar type must be float or double");
   const char* fn = Kernel::name;
-  const auto sv = rows_view(student);
-  const auto tv = rows_view(teacher);
-  check_nonempty(fn, "student", sv);
-  check_same_shape(fn, "teacher", tv, "student", sv);
-  if (!has_unit_inner_stride(student) || !has_unit_inner_stride(teacher))
-    fail(fn, "inputs must have contiguous rows (inner stride 1)");
-  RowsView<T> gv{};
-  if (grad) {
-    static_assert(!std::is_const_v<G>, "losskit: the gradient output must not be const");
-    static_assert(std::is_same_v<T, scalar_of_t<G>>, "losskit: the gradient must have the inputs' scalar type");
-    gv = mutable_rows_view(*grad);
-    check_same_shape(fn, "grad", gv, "student", sv);
-    if (!has_unit_inner_stride(*grad)) fail(fn, "'grad' must have contiguous rows (inner stride 1)");
-    if (gv.data == tv.data) fail(fn, "'grad' may alias 'student' but not 'teacher'");
-  }
+  const auto v = checked_pair_views(fn, "student", student, "teacher", teacher, grad);
+  const RowsView<const T>& sv = v.a;
+  const RowsView<const T>& tv = v.b;
+  const RowsView<T>& gv = v.g;
+  if (grad && gv.data == tv.data) fail(fn, "'grad' may alias 'student' but not 'teacher'");
   check_positive(fn, "temperature", o.temperature);
   if ((o.student_input == Input::log_probs || o.teacher_input == Input::log_probs) && o.temperature != 1.0)
     fail(fn, "'temperature' must be 1 with log-probability inputs, got ", o.temperature);
@@ -91,15 +82,17 @@ inline LossResult pair_loss(const S& student, const Tt& teacher, G* grad, const 
 
 // Declares the two public overloads of a divergence: with a gradient output (any writable
 // row-major matrix of the student's shape, which may be the student itself) and forward only.
-#define LOSSKIT_PAIR_LOSS(fn, Kernel)                                                              \
+#define LOSSKIT_PAIR_LOSS(fn, Kernel) LOSSKIT_PAIR_LOSS_WITH_OPTIONS(fn, Kernel, ::losskit::DivergenceOptions)
+
+// The same for a kernel whose options struct is its own (see run_pair).
+#define LOSSKIT_PAIR_LOSS_WITH_OPTIONS(fn, Kernel, Options)                                       \
   template <class S, class Tt, class G, std::enable_if_t<::losskit::is_rows_v<G>, int> = 0>       \
   inline ::losskit::LossResult fn(const S& student, const Tt& teacher, G&& grad,                  \
-                                  const ::losskit::DivergenceOptions& options = {}) {             \
+                                  const Options& options = {}) {                                  \
     return ::losskit::detail::pair_loss<Kernel>(student, teacher, &grad, options);                \
   }                                                                                                \
   template <class S, class Tt>                                                                     \
-  inline ::losskit::LossResult fn(const S& student, const Tt& teacher,                            \
-                                  const ::losskit::DivergenceOptions& options = {}) {             \
+  inline ::losskit::LossResult fn(const S& student, const Tt& teacher, const Options& options = {}) { \
     return ::losskit::detail::pair_loss<Kernel>(student, teacher,                                 \
                                                 static_cast<::losskit::RowMatrix<                  \
                                                     ::losskit::scalar_of_t<S>>*>(nullptr),        \

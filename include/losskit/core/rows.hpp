@@ -67,10 +67,11 @@ inline RowPlan plan_rows(const Options& o, std::ptrdiff_t rows, std::ptrdiff_t c
 
 // Runs `row(scratch, r, grad_row_or_null, row_grad_scale)` -> unweighted row loss (double) for
 // every counted row, zeroes the gradient of the others, and reduces. `make_scratch()` builds
-// one scratch object per thread.
-template <class T, class MakeScratch, class RowFn>
+// one scratch object per thread; `finish(scratch)` runs after a thread's last row (a kernel
+// that defers part of a row's gradient to the next row's call completes it there).
+template <class T, class MakeScratch, class RowFn, class Finish>
 inline LossResult run_rows(const RowPlan& p, std::ptrdiff_t rows, const RowsView<T>& grad,
-                           MakeScratch&& make_scratch, RowFn&& row) {
+                           MakeScratch&& make_scratch, RowFn&& row, Finish&& finish) {
   std::vector<double> loss(std::size_t(rows), 0.0);
   parallel_ranges(rows, p.threads, [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
     auto scratch = make_scratch();
@@ -84,6 +85,7 @@ inline LossResult run_rows(const RowPlan& p, std::ptrdiff_t rows, const RowsView
       }
       loss[std::size_t(r)] = w * p.factor * row(scratch, r, g, p.grad_scale * w);
     }
+    finish(scratch);
   });
   LossResult out;
   out.count = p.count;
@@ -94,6 +96,12 @@ inline LossResult run_rows(const RowPlan& p, std::ptrdiff_t rows, const RowsView
   out.value = total;
   if (p.reduction == Reduction::none) out.per_row = Eigen::Map<const Eigen::VectorXd>(loss.data(), rows);
   return out;
+}
+
+template <class T, class MakeScratch, class RowFn>
+inline LossResult run_rows(const RowPlan& p, std::ptrdiff_t rows, const RowsView<T>& grad,
+                           MakeScratch&& make_scratch, RowFn&& row) {
+  return run_rows<T>(p, rows, grad, make_scratch, row, [](auto&) {});
 }
 
 }  // namespace losskit::detail

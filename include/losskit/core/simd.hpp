@@ -210,15 +210,121 @@ inline T select(bool c, T a, T b) noexcept {
 }
 
 // max with a spelled-out NaN policy (xsimd flipped its own in 14.0): returns b when a is NaN.
+// On x86 with xsimd < 14, xsimd::max is the maxps instruction, which is exactly
+// (a > b ? a : b) lane by lane (b when either is NaN, b on ties): one instruction instead of a
+// compare and a blend, same bits.
 template <class V>
 inline V vmax(const V& a, const V& b) noexcept {
+#if XSIMD_VERSION_MAJOR < 14 && (defined(__x86_64__) || defined(__i386__) || defined(_M_X64))
+  if constexpr (is_batch<V>) {
+    return xsimd::max(a, b);
+  } else {
+    return simd::select(a > b, a, b);
+  }
+#else
   return simd::select(a > b, a, b);
+#endif
 }
 
 // x where keep holds, 0 elsewhere: the `0 * log 0 = 0` guard used throughout.
 template <class M, class V>
 inline V where(const M& keep, const V& x) noexcept {
   return simd::select(keep, x, V(scalar_t<V>(0)));
+}
+
+// ---- stream compaction ------------------------------------------------------------------------
+namespace detail {
+inline std::size_t popcount(unsigned m) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+  return std::size_t(__builtin_popcount(m));
+#else
+  std::size_t c = 0;
+  for (; m; m &= m - 1) ++c;
+  return c;
+#endif
+}
+// For each 8-bit lane mask, the indices of its set lanes first (AVX2 permutations).
+struct CompressLanes {
+  alignas(32) int idx[256][8];
+};
+inline const CompressLanes& compress_lanes() noexcept {
+  static const CompressLanes table = [] {
+    CompressLanes t{};
+    for (int m = 0; m < 256; ++m) {
+      int k = 0;
+      for (int j = 0; j < 8; ++j)
+        if ((m >> j) & 1) t.idx[m][k++] = j;
+    }
+    return t;
+  }();
+  return table;
+}
+}  // namespace detail
+
+// Appends the lanes of x that lie in [lo, hi) to out, in lane order, and returns how many; with
+// a payload (py, pout), the same lanes of py go to pout. Whole batches are stored (lanes past
+// the count hold garbage), so the outputs need room for a full batch. AVX-512: one compress
+// per array; AVX2: a permutation from a table; elsewhere lane by lane (no branches in any).
+template <class T, class A>
+inline std::size_t append_in_range(T* out, const xsimd::batch<T, A>& x, T lo, T hi, T* pout = nullptr,
+                                   const xsimd::batch<T, A>* py = nullptr) noexcept {
+  using V = xsimd::batch<T, A>;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64 && std::is_same_v<T, float>) {
+    const __m512 v = x;
+    const __mmask16 m = _mm512_cmp_ps_mask(v, _mm512_set1_ps(lo), _CMP_GE_OQ) & _mm512_cmp_ps_mask(v, _mm512_set1_ps(hi), _CMP_LT_OQ);
+    _mm512_storeu_ps(out, _mm512_maskz_compress_ps(m, v));
+    if (pout) _mm512_storeu_ps(pout, _mm512_maskz_compress_ps(m, __m512(*py)));
+    return detail::popcount(m);
+  }
+  if constexpr (sizeof(V) == 64 && std::is_same_v<T, double>) {
+    const __m512d v = x;
+    const __mmask8 m = _mm512_cmp_pd_mask(v, _mm512_set1_pd(lo), _CMP_GE_OQ) & _mm512_cmp_pd_mask(v, _mm512_set1_pd(hi), _CMP_LT_OQ);
+    _mm512_storeu_pd(out, _mm512_maskz_compress_pd(m, v));
+    if (pout) _mm512_storeu_pd(pout, _mm512_maskz_compress_pd(m, __m512d(*py)));
+    return detail::popcount(m);
+  }
+#endif
+#if defined(__AVX2__)
+  if constexpr (sizeof(V) == 32 && std::is_same_v<T, float>) {
+    const __m256 v = x;
+    const int m = _mm256_movemask_ps(
+        _mm256_and_ps(_mm256_cmp_ps(v, _mm256_set1_ps(lo), _CMP_GE_OQ), _mm256_cmp_ps(v, _mm256_set1_ps(hi), _CMP_LT_OQ)));
+    const __m256i p = _mm256_load_si256(reinterpret_cast<const __m256i*>(detail::compress_lanes().idx[m]));
+    _mm256_storeu_ps(out, _mm256_permutevar8x32_ps(v, p));
+    if (pout) _mm256_storeu_ps(pout, _mm256_permutevar8x32_ps(__m256(*py), p));
+    return detail::popcount(unsigned(m));
+  }
+  if constexpr (sizeof(V) == 32 && std::is_same_v<T, double>) {  // a double lane is two float lanes
+    const __m256d v = x;
+    const int m = _mm256_movemask_pd(
+        _mm256_and_pd(_mm256_cmp_pd(v, _mm256_set1_pd(lo), _CMP_GE_OQ), _mm256_cmp_pd(v, _mm256_set1_pd(hi), _CMP_LT_OQ)));
+    int m8 = 0;
+    for (int j = 0; j < 4; ++j)
+      if ((m >> j) & 1) m8 |= 3 << (2 * j);
+    const __m256i p = _mm256_load_si256(reinterpret_cast<const __m256i*>(detail::compress_lanes().idx[m8]));
+    _mm256_storeu_pd(out, _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(v), p)));
+    if (pout) _mm256_storeu_pd(pout, _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(__m256d(*py)), p)));
+    return detail::popcount(unsigned(m));
+  }
+#endif
+  alignas(64) T lanes_[V::size];
+  alignas(64) T payload_[V::size];
+  x.store_aligned(lanes_);
+  if (pout) py->store_aligned(payload_);
+  std::size_t c = 0;
+  for (std::size_t j = 0; j < V::size; ++j) {
+    out[c] = lanes_[j];
+    if (pout) pout[c] = payload_[j];
+    c += std::size_t(lanes_[j] >= lo && lanes_[j] < hi);
+  }
+  return c;
+}
+template <class T, std::enable_if_t<std::is_floating_point_v<T>, int> = 0>
+inline std::size_t append_in_range(T* out, T x, T lo, T hi, T* pout = nullptr, const T* py = nullptr) noexcept {
+  *out = x;
+  if (pout) *pout = *py;
+  return std::size_t(x >= lo && x < hi);
 }
 
 // ---- loops ----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@
 #include <limits>
 #include <vector>
 
+#include "losskit/core/fast_exp2.hpp"
 #include "losskit/core/simd.hpp"
 
 namespace losskit::detail {
@@ -58,11 +59,11 @@ class ChunkedSoftmax {
              const T* ahead = nullptr) {
     using simd::lanes;
     const T shift = shift_for(simd::max_lanes<T>(b, e, value));
-    const T c = inv_t * simd::log2e<T>, nc = -shift * c;  // exp((v - shift) / T) = 2^(v c - shift c)
+    const T c = inv_t * simd::log2e<T>;  // exp((v - shift) / T) = 2^((v - shift) c), see pair.hpp
     const auto s = simd::sum_lanes<T, 1>(b, e, [&](auto tag, std::size_t i) {
       using V = typename decltype(tag)::type;
       if (simd::is_batch<V> && ahead) simd::prefetch(ahead + i + chunk_elems<T>);
-      const V ex = simd::exp2(simd::fma(value(tag, i), V(c), V(nc)));
+      const V ex = simd::exp2_ftz((value(tag, i) - V(shift)) * V(c));
       simd::store(out + i, ex);
       return std::array<V, 1>{ex};
     });

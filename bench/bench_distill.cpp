@@ -1,0 +1,153 @@
+// Distillation kernels, forward + gradient w.r.t. the student logits, float, in one binary:
+//   floor                 one streaming read of two [rows, cols] inputs and one write of the gradient
+//                         (non-temporal, as losskit writes large gradients; bench_support.hpp)
+//   soft_cross_entropy    logits + probability targets (label smoothing 0.1)
+//   kd_loss               alpha CE + (1 - alpha) T^2 KL, T = 2, alpha = 0.5
+//   topk_kl_div           OSTQuant KL-Top, k = 1000, full-vocabulary form
+//   topk_kl_div_renorm    the same, renormalised over the top-k
+//   kl_div                losskit::kl_div (T = 1), the reference point of topk_kl_div
+//   ps_kd_step            ProgressiveTargets::loss: targets from a [rows, cols] table, the table
+//                         update and soft_cross_entropy (more traffic than the floor: the table
+//                         rows are read and written, the targets materialised)
+// Shape 1024 x 32000; threads 1 and 2. Names are <kernel>/losskit/rows:R/cols:C/threads:N, so
+// bench/report.py makes the ratio table:
+//   build/release/bench/bench_distill --benchmark_format=json > out.json && python3 bench/report.py out.json
+
+#include "bench_support.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using losskit::RowMatrixXf;
+constexpr std::int64_t kTopK = 1000;
+
+struct Inputs {
+  RowMatrixXf s, t, p, g;        // student, teacher logits, teacher probabilities, gradient
+  std::vector<std::int64_t> labels, index;
+};
+
+Inputs& inputs(Eigen::Index rows, Eigen::Index cols) {
+  static std::map<std::pair<Eigen::Index, Eigen::Index>, Inputs> cache;
+  auto it = cache.find({rows, cols});
+  if (it == cache.end()) {
+    Inputs in{RowMatrixXf(rows, cols), RowMatrixXf(rows, cols), RowMatrixXf(rows, cols), RowMatrixXf(rows, cols), {}, {}};
+    std::mt19937 rng(7);
+    std::normal_distribution<float> n(0.f, 3.f);
+    for (Eigen::Index i = 0; i < in.s.size(); ++i) {
+      in.s.data()[i] = n(rng);
+      in.t.data()[i] = n(rng);
+    }
+    for (Eigen::Index r = 0; r < rows; ++r) {
+      const float m = in.t.row(r).maxCoeff();
+      in.p.row(r) = (in.t.row(r).array() - m).exp().matrix();
+      in.p.row(r) /= in.p.row(r).sum();
+      in.labels.push_back((r * 7919) % cols);
+      in.index.push_back(r);
+    }
+    in.g.setZero();
+    it = cache.emplace(std::make_pair(rows, cols), std::move(in)).first;
+  }
+  return it->second;
+}
+
+// ---- the floor: g = s + t, one pass (bench_support.hpp) ------------------------------------------
+void BM_floor(benchmark::State& st) {
+  const auto rows = st.range(0), cols = st.range(1);
+  auto& in = inputs(rows, cols);
+  for (auto _ : st) {
+    losskit_bench::floor_two_inputs(in.s, in.t, in.g, int(st.range(2)));
+    benchmark::ClobberMemory();
+  }
+  losskit_bench::set_counters(st, rows, cols, 3);
+}
+
+template <class Fn>
+void run(benchmark::State& st, Fn&& fn) {
+  const auto rows = st.range(0), cols = st.range(1);
+  auto& in = inputs(rows, cols);
+  const int threads = int(st.range(2));
+  double v = 0;
+  for (auto _ : st) {
+    v = fn(in, threads);
+    benchmark::DoNotOptimize(v);
+    benchmark::ClobberMemory();
+  }
+  st.counters["loss"] = v;
+  losskit_bench::set_counters(st, rows, cols, 3);  // 2 reads + 1 write, as the floor
+}
+
+void BM_soft_cross_entropy(benchmark::State& st) {
+  run(st, [](Inputs& in, int threads) {
+    losskit::SoftCrossEntropyOptions o;
+    o.label_smoothing = 0.1;
+    o.threads = threads;
+    return losskit::soft_cross_entropy(in.s, in.p, in.g, o).value;
+  });
+}
+
+void BM_kd_loss(benchmark::State& st) {
+  run(st, [](Inputs& in, int threads) {
+    losskit::KdLossOptions o;
+    o.temperature = 2.0;
+    o.alpha = 0.5;
+    o.threads = threads;
+    return losskit::kd_loss(in.s, in.t, in.labels, in.g, o).value;
+  });
+}
+
+void BM_topk(benchmark::State& st, bool renorm) {
+  run(st, [renorm](Inputs& in, int threads) {
+    losskit::TopkKlOptions o;
+    o.k = kTopK;
+    o.renormalize = renorm;
+    o.threads = threads;
+    return losskit::topk_kl_div(in.s, in.t, in.g, o).value;
+  });
+}
+
+// The same rows through kl_div (T = 1), for comparison with topk_kl_div in the same run.
+void BM_kl_div(benchmark::State& st) {
+  run(st, [](Inputs& in, int threads) {
+    losskit::DivergenceOptions o;
+    o.threads = threads;
+    return losskit::kl_div(in.s, in.t, in.g, o).value;
+  });
+}
+
+void BM_ps_kd_step(benchmark::State& st) {
+  const auto rows = st.range(0), cols = st.range(1);
+  auto pt = std::make_unique<losskit::ProgressiveTargets<float>>(rows, cols);
+  pt->update(inputs(rows, cols).index, inputs(rows, cols).t);
+  run(st, [&pt](Inputs& in, int threads) {
+    losskit::SoftCrossEntropyOptions o;
+    o.threads = threads;
+    return pt->loss(in.s, in.index, in.labels, 100, in.g, o).value;
+  });
+}
+
+void shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"rows", "cols", "threads"});
+  for (int th : {1, 2}) b->Args({1024, 32000, th});
+  b->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(0.05);
+}
+
+const int registered = [] {
+  benchmark::RegisterBenchmark("floor", BM_floor)->Apply(shapes);
+  benchmark::RegisterBenchmark("soft_cross_entropy/losskit", BM_soft_cross_entropy)->Apply(shapes);
+  benchmark::RegisterBenchmark("kd_loss/losskit", BM_kd_loss)->Apply(shapes);
+  benchmark::RegisterBenchmark("topk_kl_div/losskit", BM_topk, false)->Apply(shapes);
+  benchmark::RegisterBenchmark("topk_kl_div_renorm/losskit", BM_topk, true)->Apply(shapes);
+  benchmark::RegisterBenchmark("ps_kd_step/losskit", BM_ps_kd_step)->Apply(shapes);
+  benchmark::RegisterBenchmark("kl_div/losskit", BM_kl_div)->Apply(shapes);
+  return 0;
+}();
+
+}  // namespace

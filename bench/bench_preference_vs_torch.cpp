@@ -1,0 +1,302 @@
+// Sigmoid DPO, forward + backward into the policy logits, float, in one binary:
+//   chosen and rejected batches of 8 x 512 tokens (sequences 0..7 chosen, 8..15 rejected, 8192
+//   rows) over a 32000 vocabulary, policy and reference logits, beta = 0.1, mean over the 8
+//   pairs; the reference log-probs are forward only.
+//
+//   floor    one streaming read of the policy and reference logits and one write of the gradient
+//   losskit  sequence_logprobs(policy) + sequence_logprobs(ref) + the DPO scalar (inline below) +
+//            sequence_logprobs_backward reusing the forward's per-row lse (one streaming pass)
+//   variants dpo_recompute: the backward recomputes the row statistics (no forward result);
+//            dpo_inplace: the gradient overwrites the policy logits;
+//            dpo_onecall: policy and reference log-probs from one call (one pass over both, which
+//            also computes the full-vocabulary KL term);
+//            dpo_unscaled: the other pass structure, in place (the forward overwrites the policy
+//            logits with their exps, then every row is turned into d_sum[b] (onehot - softmax)),
+//            built from losskit's internals to compare the two structures; compare it with
+//            dpo_inplace
+//   eigen    log_softmax matrices with Eigen array expressions, gather, DPO, gradient
+//   torch    log_softmax + gather + DPO + autograd backward (libtorch, when built with it)
+// Shape 8192 x 32000, threads 1 and 2. bench/report.py turns the JSON output into ratios:
+//
+//   build/release/bench/bench_preference_vs_torch --benchmark_format=json > out.json
+//   python3 bench/report.py out.json
+
+#include <losskit/losskit.hpp>
+#include <losskit/core/scalar_math.hpp>
+#include <losskit/preference/sequence_logprobs.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <cstdint>
+#include <array>
+#include <vector>
+
+#if LOSSKIT_HAVE_TORCH
+#include <torch/torch.h>
+#endif
+
+namespace {
+
+using losskit::RowMatrixXf;
+constexpr std::int64_t kPairs = 8, kLen = 512, kSeqs = 2 * kPairs, kRows = kSeqs * kLen, kVocab = 32000;
+constexpr double kBeta = 0.1;
+
+struct Inputs {
+  RowMatrixXf policy, ref, grad;
+  std::vector<std::int64_t> targets;
+};
+
+// Uniform in [-4, 4) from a counter-based splitmix64 (fast to build 2 x 262M values).
+float uniform(std::uint64_t seed, std::uint64_t i) {
+  std::uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return float(double(z >> 40) * 0x1.0p-24 * 8.0 - 4.0);
+}
+
+Inputs& inputs() {
+  static Inputs in = [] {
+    Inputs x{RowMatrixXf(kRows, kVocab), RowMatrixXf(kRows, kVocab), RowMatrixXf(kRows, kVocab), {}};
+    for (Eigen::Index i = 0; i < x.policy.size(); ++i) {
+      x.policy.data()[i] = uniform(1, std::uint64_t(i));
+      x.ref.data()[i] = x.policy.data()[i] + 0.25f * uniform(2, std::uint64_t(i));
+    }
+    x.grad.setZero();
+    x.targets.resize(std::size_t(kRows));
+    for (std::int64_t r = 0; r < kRows; ++r) x.targets[std::size_t(r)] = std::int64_t(uniform(3, std::uint64_t(r)) * 1e4 + 4e4) % kVocab;
+    return x;
+  }();
+  return in;
+}
+
+void set_counters(benchmark::State& st, double loss) {
+  const auto elems = kRows * kVocab;
+  st.counters["loss"] = loss;
+  st.SetItemsProcessed(int64_t(st.iterations()) * elems);
+  st.SetBytesProcessed(int64_t(st.iterations()) * elems * int64_t(3 * sizeof(float)));  // 2 reads + 1 write
+}
+
+// The DPO scalar: h_i = beta ((pi_w - rho_w) - (pi_l - rho_l)), loss = mean_i -log sigma(h_i),
+// d/dpi_w = -beta sigma(-h) / P, d/dpi_l = +beta sigma(-h) / P.
+double sigmoid_dpo(const Eigen::VectorXd& pi, const Eigen::VectorXd& rho, Eigen::VectorXd& d_sum) {
+  double loss = 0.0;
+  d_sum.resize(kSeqs);
+  for (std::int64_t i = 0; i < kPairs; ++i) {
+    const double h = kBeta * ((pi[i] - rho[i]) - (pi[kPairs + i] - rho[kPairs + i]));
+    loss += losskit::detail::softplus(-h) / double(kPairs);
+    d_sum[i] = -kBeta * losskit::detail::sigmoid(-h) / double(kPairs);
+    d_sum[kPairs + i] = -d_sum[i];
+  }
+  return loss;
+}
+
+// ---- the floor: g = policy + ref, one pass, written as losskit writes gradients --------------
+void BM_floor(benchmark::State& st) {
+  const int threads = int(st.range(2));
+  auto& in = inputs();
+  const bool stream = losskit::detail::streaming_output<float>(kRows, kVocab);
+  for (auto _ : st) {
+    losskit::detail::parallel_ranges(kRows, threads, [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
+      const float* s = in.policy.row(b).data();
+      const float* t = in.ref.row(b).data();
+      losskit::detail::store_row<float>(in.grad.row(b).data(), 0, std::size_t((e - b) * kVocab), stream,
+                                        [&](auto tag, std::size_t i) {
+                                          using V = typename decltype(tag)::type;
+                                          return losskit::simd::load<V>(s + i) + losskit::simd::load<V>(t + i);
+                                        });
+      losskit::simd::stream_fence();
+    });
+    benchmark::ClobberMemory();
+  }
+  set_counters(st, 0.0);
+}
+
+// ---- losskit -------------------------------------------------------------------------------------
+enum class Variant { reuse_lse, recompute, inplace, one_call };
+
+void BM_losskit(benchmark::State& st, Variant v) {
+  auto& in = inputs();
+  const auto layout = losskit::SequenceLayout::fixed(kSeqs, kLen);
+  losskit::SequenceLogprobOptions o;
+  o.threads = int(st.range(2));
+  if (v == Variant::inplace) in.grad = in.policy;  // the "policy logits" this variant overwrites
+  const RowMatrixXf& policy = v == Variant::inplace ? in.grad : in.policy;
+  Eigen::VectorXd d_sum;
+  double loss = 0.0;
+  for (auto _ : st) {
+    losskit::SequenceLogprobs pi;
+    if (v == Variant::one_call) {  // policy and reference in one pass (also gives the KL term)
+      pi = losskit::sequence_logprobs(policy, in.ref, in.targets, layout, o);
+      loss = sigmoid_dpo(pi.sum, pi.ref_sum, d_sum);
+    } else {
+      pi = losskit::sequence_logprobs(policy, in.targets, layout, o);
+      const auto rho = losskit::sequence_logprobs(in.ref, in.targets, layout, o);
+      loss = sigmoid_dpo(pi.sum, rho.sum, d_sum);
+    }
+    if (v == Variant::recompute)
+      losskit::sequence_logprobs_backward(policy, in.targets, layout, d_sum, in.grad, o);
+    else
+      losskit::sequence_logprobs_backward(policy, in.targets, layout, d_sum, in.grad, o, pi);
+    benchmark::DoNotOptimize(d_sum.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(st, loss);
+}
+
+// The other pass structure, in place: the forward overwrites each policy row with its exps
+// e_i = exp(z_i - shift_k) (chunk k; the statistics are ChunkedSoftmax's), keeping the target's
+// log-prob and the per-chunk factors; after the DPO scalar one more pass turns the row into
+// d_sum[b] (onehot - e_i factor_k). Two exps per element pair instead of three, one more read
+// and write of the gradient. Built from losskit's internals, for this comparison only.
+void BM_unscaled(benchmark::State& st) {
+  namespace d = losskit::detail;
+  auto& in = inputs();
+  const auto layout = losskit::SequenceLayout::fixed(kSeqs, kLen);
+  losskit::SequenceLogprobOptions o;
+  o.threads = int(st.range(2));
+  const std::size_t n = std::size_t(kVocab), chunks = d::chunk_count(n, d::chunk_elems<float>);
+  std::vector<double> logp(static_cast<std::size_t>(kRows)), factor(std::size_t(kRows) * chunks);
+  Eigen::VectorXd pi_sum(kSeqs), d_sum;
+  in.grad = in.policy;  // the "policy logits" this variant overwrites
+  double loss = 0.0;
+  for (auto _ : st) {
+    d::parallel_ranges(kRows, o.threads, [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
+      d::ChunkedSoftmax<float> sm;
+      std::array<double, 0> none;
+      for (std::ptrdiff_t r = b; r < e; ++r) {
+        float* g = in.grad.row(r).data();
+        const float zy = g[in.targets[std::size_t(r)]];
+        sm.reset(n);
+        float running = 0;
+        d::for_chunks<float>(n, [&](std::size_t k, std::size_t cb, std::size_t ce) {
+          d::exp_chunk<float>(sm, k, cb, ce, 1.0f, g, g, running,
+                              [](auto tag, std::size_t, const auto&, const auto&, float) {
+                                return std::array<typename decltype(tag)::type, 0>{};
+                              },
+                              none);
+        });
+        logp[std::size_t(r)] = double(zy) - sm.finish(false);
+        for (std::size_t k = 0; k < chunks; ++k) factor[std::size_t(r) * chunks + k] = sm.factor_d(k);
+      }
+    });
+    for (std::int64_t q = 0; q < kSeqs; ++q) {
+      pi_sum[q] = 0.0;
+      for (std::int64_t r = q * kLen; r < (q + 1) * kLen; ++r) pi_sum[q] += logp[std::size_t(r)];
+    }
+    const auto rho = losskit::sequence_logprobs(in.ref, in.targets, layout, o);
+    loss = sigmoid_dpo(pi_sum, rho.sum, d_sum);
+    d::parallel_ranges(kRows, o.threads, [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
+      for (std::ptrdiff_t r = b; r < e; ++r) {
+        float* g = in.grad.row(r).data();
+        const double dr = d_sum[r / kLen];
+        d::for_chunks<float>(n, [&](std::size_t k, std::size_t cb, std::size_t ce) {
+          const float a = float(-dr * factor[std::size_t(r) * chunks + k]);
+          d::store_row<float>(g, cb, ce, false, [&](auto tag, std::size_t i) {
+            using V = typename decltype(tag)::type;
+            return V(a) * losskit::simd::load<V>(g + i);
+          });
+        });
+        g[in.targets[std::size_t(r)]] = float(-dr * std::expm1(logp[std::size_t(r)]));
+      }
+    });
+    benchmark::DoNotOptimize(d_sum.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(st, loss);
+}
+
+// ---- naive Eigen ---------------------------------------------------------------------------------
+using ArrayXXr = Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+ArrayXXr log_softmax(const RowMatrixXf& v) {
+  ArrayXXr a = v.array();
+  const Eigen::ArrayXf m = a.rowwise().maxCoeff();
+  a.colwise() -= m;
+  const Eigen::ArrayXf lse = a.exp().rowwise().sum().log();
+  a.colwise() -= lse;
+  return a;
+}
+Eigen::VectorXd sequence_sums(const ArrayXXr& lp, const std::vector<std::int64_t>& y) {
+  Eigen::VectorXd s = Eigen::VectorXd::Zero(kSeqs);
+  for (std::int64_t r = 0; r < kRows; ++r) s[r / kLen] += double(lp(r, y[std::size_t(r)]));
+  return s;
+}
+
+void BM_eigen(benchmark::State& st) {
+  auto& in = inputs();
+  Eigen::VectorXd d_sum;
+  double loss = 0.0;
+  for (auto _ : st) {
+    const ArrayXXr lp = log_softmax(in.policy);
+    const Eigen::VectorXd pi = sequence_sums(lp, in.targets);
+    const Eigen::VectorXd rho = sequence_sums(log_softmax(in.ref), in.targets);
+    loss = sigmoid_dpo(pi, rho, d_sum);
+    Eigen::ArrayXf scale(kRows);
+    for (std::int64_t r = 0; r < kRows; ++r) scale[r] = float(d_sum[r / kLen]);
+    in.grad.array() = -(lp.exp().colwise() * scale);
+    for (std::int64_t r = 0; r < kRows; ++r) in.grad(r, in.targets[std::size_t(r)]) += scale[r];
+    benchmark::DoNotOptimize(d_sum.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(st, loss);
+}
+
+// ---- libtorch ------------------------------------------------------------------------------------
+#if LOSSKIT_HAVE_TORCH
+// As TRL's DPOTrainer: log_softmax, gather at the labels, masked sum per sequence; the reference
+// under no_grad; -logsigmoid(h).mean(); backward.
+void BM_torch(benchmark::State& st) {
+  auto& in = inputs();
+  torch::set_num_threads(int(st.range(2)));
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  const auto policy = torch::from_blob(in.policy.data(), {kRows, kVocab}, f32).requires_grad_(true);
+  const auto ref = torch::from_blob(in.ref.data(), {kRows, kVocab}, f32);
+  const auto labels = torch::from_blob(in.targets.data(), {kRows, 1}, torch::TensorOptions().dtype(torch::kInt64));
+  const auto mask = torch::ones({kSeqs, kLen}, f32);
+  auto seq_logps = [&](const torch::Tensor& logits) {
+    return (torch::log_softmax(logits, -1).gather(-1, labels).view({kSeqs, kLen}) * mask).sum(-1);
+  };
+  double loss_v = 0.0;
+  for (auto _ : st) {
+    const auto pi = seq_logps(policy);
+    torch::Tensor rho;
+    {
+      torch::NoGradGuard no_grad;
+      rho = seq_logps(ref);
+    }
+    const auto h = kBeta * ((pi.slice(0, 0, kPairs) - rho.slice(0, 0, kPairs)) -
+                            (pi.slice(0, kPairs, kSeqs) - rho.slice(0, kPairs, kSeqs)));
+    auto loss = -torch::log_sigmoid(h).mean();
+    loss.backward();
+    loss_v = loss.item<double>();
+    benchmark::DoNotOptimize(policy.grad().data_ptr());
+    policy.mutable_grad().reset();
+  }
+  set_counters(st, loss_v);
+}
+#endif
+
+void shape(benchmark::internal::Benchmark* b, std::initializer_list<int> threads) {
+  b->ArgNames({"rows", "cols", "threads"});
+  for (int th : threads) b->Args({kRows, kVocab, th});
+  b->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(0.05);
+}
+void both(benchmark::internal::Benchmark* b) { shape(b, {1, 2}); }
+void single(benchmark::internal::Benchmark* b) { shape(b, {1}); }
+
+const int registered = [] {
+  benchmark::RegisterBenchmark("floor", BM_floor)->Apply(both);
+  benchmark::RegisterBenchmark("dpo/losskit", BM_losskit, Variant::reuse_lse)->Apply(both);
+  benchmark::RegisterBenchmark("dpo_recompute/losskit", BM_losskit, Variant::recompute)->Apply(both);
+  benchmark::RegisterBenchmark("dpo_inplace/losskit", BM_losskit, Variant::inplace)->Apply(both);
+  benchmark::RegisterBenchmark("dpo_onecall/losskit", BM_losskit, Variant::one_call)->Apply(both);
+  benchmark::RegisterBenchmark("dpo_unscaled/losskit", BM_unscaled)->Apply(both);
+  benchmark::RegisterBenchmark("dpo/eigen", BM_eigen)->Apply(single);
+#if LOSSKIT_HAVE_TORCH
+  benchmark::RegisterBenchmark("dpo/torch", BM_torch)->Apply(both);
+#endif
+  return 0;
+}();
+
+}  // namespace

@@ -1,0 +1,203 @@
+#pragma once
+// Cross entropy against probability targets (soft labels), as torch.nn.functional.cross_entropy
+// with class-probability targets. Per row: logits z, targets t (that row of `targets`), V
+// classes, temperature T, class weights w (PyTorch `weight`; all 1 when absent), smoothing eps:
+//   t'_i = (1 - eps) t_i + eps / V            (PyTorch's smoothing of probability targets)
+//   u_i  = w_i t'_i,   U = sum_i u_i
+//   q    = softmax(z / T),   lse = log sum_i exp(z_i / T)
+//   L    = -sum_i u_i log q_i = U lse - sum_i u_i z_i / T
+//   dL/dz_j = (U q_j - u_j) / T
+// Targets are used as given, never renormalised: for rows that do not sum to 1 the loss is the
+// formula above and the gradient its exact gradient, with the softmax term scaled by
+// U = sum_i u_i (what autograd gives for PyTorch's formula). U = 1 for rows summing to 1 without
+// class weights, with or without smoothing. Negative targets are not rejected (nor by PyTorch).
+//
+// Reductions and masks come from the row driver (core/rows.hpp): `mean` divides by the rows
+// that count (or their `weights` sum) -- PyTorch's 'mean' for probability targets divides by
+// the number of rows too, whatever the class weights --; `labels` + `ignore_index` optionally
+// skip rows (PyTorch has no ignore_index for probability targets); `normalizer`, `grad_scale`,
+// `threads` as everywhere.
+//
+// Conventions: a class with u_i = 0 contributes 0 even where z_i = -inf (PyTorch gives NaN,
+// 0 * -inf); u_i != 0 where z_i = -inf gives +inf (with smoothing every class has u_i > 0
+// unless its class weight is 0). NaN or +inf inputs give NaN.
+//
+// Numerics: one streaming pass per row in chunks of 8 KiB (chunk max, then one loop storing the
+// exps in a scratch row and summing U and sum_i u_i (z_i - m_k) relative to the chunk's max m_k,
+// so large logits do not cancel against lse), then one pass writing the gradient from the
+// scratch row and the targets (re-read from cache). `grad` may be the logits or the targets.
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "losskit/core/checks.hpp"
+#include "losskit/core/fast_exp2.hpp"
+#include "losskit/core/pair.hpp"
+#include "losskit/core/rows.hpp"
+#include "losskit/core/scratch.hpp"
+#include "losskit/core/simd.hpp"
+#include "losskit/core/softmax.hpp"
+#include "losskit/core/types.hpp"
+#include "losskit/core/views.hpp"
+
+namespace losskit {
+
+// Options of soft_cross_entropy. Names follow torch.nn.functional.cross_entropy. C++20:
+// {.label_smoothing = 0.1, .threads = 2}.
+struct SoftCrossEntropyOptions {
+  Reduction reduction = Reduction::mean;
+  Weights weight{};                 // optional class weights, one per class (PyTorch `weight`)
+  double label_smoothing = 0.0;     // in [0, 1]: t' = (1 - eps) t + eps / V
+  double temperature = 1.0;         // the logits are divided by T (the targets are used as given)
+  Labels labels{};                  // optional, one per row; rows equal to ignore_index are skipped
+  std::int64_t ignore_index = -100;
+  Weights weights{};                // optional per-row weights or 0/1 mask
+  double grad_scale = 1.0;          // upstream gradient of the reduced loss
+  double normalizer = 0.0;          // > 0: divide by this instead (e.g. a global token count)
+  int threads = 1;                  // 0: all hardware threads; results never depend on it
+};
+
+namespace detail {
+
+template <class T>
+struct SoftCrossEntropyScratch {
+  T* ex;  // exps of the row relative to each chunk's max
+  ChunkedSoftmax<T> sm;
+  std::vector<double> mass, dot, shift;  // per chunk: sum u_i, sum u_i (z_i - m_k), m_k / T
+  explicit SoftCrossEntropyScratch(std::size_t n) : ex(scratch<T>(n)) {}
+};
+
+template <class T, bool Weighted>
+struct SoftCrossEntropyRow {
+  RowsView<const T> x, t;
+  std::size_t n;
+  T inv_t, keep, add;  // t' = keep * t + add
+  const T* cw;         // class weights as T (Weighted)
+  bool stream;
+
+  double operator()(SoftCrossEntropyScratch<T>& w, std::ptrdiff_t r, T* grad, double scale) const {
+    const T* z = x.row(r);
+    const T* tr = t.row(r);
+    T* ex = w.ex;
+    const T kp = keep, ad = add, it = inv_t, c = inv_t * simd::log2e<T>;
+    const T* cwp = cw;
+    auto u_at = [=](auto tag, std::size_t i) {  // u_i = w_i t'_i
+      using V = typename decltype(tag)::type;
+      const V tp = simd::fma(simd::load<V>(tr + i), V(kp), V(ad));
+      if constexpr (Weighted) {
+        return V(simd::load<V>(cwp + i) * tp);
+      } else {
+        return tp;
+      }
+    };
+    ChunkedSoftmax<T>& sm = w.sm;
+    sm.reset(n);
+    const std::size_t chunks = chunk_count(n, chunk_elems<T>);
+    w.mass.resize(chunks);
+    w.dot.resize(chunks);
+    w.shift.resize(chunks);
+    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
+      const T m = ChunkedSoftmax<T>::shift_for(
+          simd::max_lanes<T>(b, e, [z](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(z + i); }));
+      const auto s = simd::sum_lanes<T, 3>(b, e, [&](auto tag, std::size_t i) {
+        using V = typename decltype(tag)::type;
+        if constexpr (simd::is_batch<V>) {  // the next chunk streams in while this one computes
+          simd::prefetch(z + i + chunk_elems<T>);
+          simd::prefetch(tr + i + chunk_elems<T>);
+        }
+        const V d = simd::load<V>(z + i) - V(m);
+        const V e_i = simd::exp2_ftz(d * V(c));
+        simd::store(ex + i, e_i);
+        const V u = u_at(tag, i);
+        return std::array<V, 3>{e_i, u, simd::where(u != V(T(0)), u * d)};
+      });
+      sm.record(k, m, it, s[0]);
+      w.mass[k] = s[1];
+      w.dot[k] = s[2];
+      w.shift[k] = double(m) * double(it);
+    });
+    const double lse = sm.finish(false);
+    double U = 0.0, loss = 0.0;
+    for (std::size_t k = 0; k < chunks; ++k) {
+      U += w.mass[k];
+      if (w.mass[k] != 0.0) loss += w.mass[k] * (lse - w.shift[k]);
+      loss -= double(it) * w.dot[k];
+    }
+    if (grad) {
+      const double a = scale * double(it);
+      const T beta = T(a);
+      for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
+        const T alpha = T(a * U * sm.factor_d(k));
+        store_row<T>(grad, b, e, stream, [&](auto tag, std::size_t i) {
+          using V = typename decltype(tag)::type;
+          return V(alpha) * simd::load<V>(ex + i) - V(beta) * u_at(tag, i);
+        });
+      });
+      if (stream) simd::stream_fence();
+    }
+    return loss;
+  }
+};
+
+inline void check_soft_cross_entropy_options(const char* fn, const SoftCrossEntropyOptions& o, std::ptrdiff_t rows,
+                                             std::ptrdiff_t cols) {
+  check_positive(fn, "temperature", o.temperature);
+  check_in(fn, "label_smoothing", o.label_smoothing, 0.0, 1.0, false, false);
+  if (!o.weight.empty()) {
+    if (std::ptrdiff_t(o.weight.size()) != cols)
+      fail(fn, "'weight' has ", o.weight.size(), " entries, expected one per class (", cols, ")");
+    for (std::size_t i = 0; i < o.weight.size(); ++i)
+      if (!(o.weight[i] >= 0.0) || !std::isfinite(o.weight[i]))
+        fail(fn, "'weight' must be finite and >= 0, got ", o.weight[i], " at class ", i);
+  }
+  check_row_options(fn, o, rows);
+}
+
+template <class T>
+inline LossResult run_soft_cross_entropy(const RowsView<const T>& x, const RowsView<const T>& t, const RowsView<T>& g,
+                                         const SoftCrossEntropyOptions& o) {
+  const RowPlan plan = plan_rows(o, x.rows, x.cols);
+  const std::size_t n = std::size_t(x.cols);
+  std::vector<T> cw(o.weight.size());
+  for (std::size_t i = 0; i < cw.size(); ++i) cw[i] = T(o.weight[i]);
+  const double eps = o.label_smoothing;
+  const T inv_t = T(1.0 / o.temperature), keep = T(1.0 - eps), add = T(eps / double(n));
+  const bool stream = streaming_output<T>(x.rows, x.cols);
+  auto go = [&](auto weighted) {
+    const SoftCrossEntropyRow<T, decltype(weighted)::value> row{x, t, n, inv_t, keep, add, cw.data(), stream};
+    return run_rows<T>(
+        plan, x.rows, g, [n] { return SoftCrossEntropyScratch<T>(n); },
+        [&row](SoftCrossEntropyScratch<T>& w, std::ptrdiff_t r, T* grad, double scale) { return row(w, r, grad, scale); });
+  };
+  return cw.empty() ? go(std::false_type{}) : go(std::true_type{});
+}
+
+template <class X, class Tg, class G>
+inline LossResult soft_cross_entropy_impl(const X& logits, const Tg& targets, G* grad, const SoftCrossEntropyOptions& o) {
+  const char* fn = "soft_cross_entropy";
+  const auto v = checked_pair_views(fn, "logits", logits, "targets", targets, grad);
+  check_soft_cross_entropy_options(fn, o, v.a.rows, v.a.cols);
+  return run_soft_cross_entropy(v.a, v.b, v.g, o);
+}
+
+}  // namespace detail
+
+// losskit::soft_cross_entropy(logits, targets, grad, options): the reduced loss and its gradient
+// w.r.t. the logits, written into `grad` (any writable row-major matrix of the logits' shape;
+// it may be the logits or the targets themselves). `targets` has the logits' shape.
+template <class X, class Tg, class G, std::enable_if_t<is_rows_v<G>, int> = 0>
+inline LossResult soft_cross_entropy(const X& logits, const Tg& targets, G&& grad,
+                                     const SoftCrossEntropyOptions& options = {}) {
+  return detail::soft_cross_entropy_impl(logits, targets, &grad, options);
+}
+
+// Forward only.
+template <class X, class Tg>
+inline LossResult soft_cross_entropy(const X& logits, const Tg& targets, const SoftCrossEntropyOptions& options = {}) {
+  return detail::soft_cross_entropy_impl(logits, targets, static_cast<RowMatrix<scalar_of_t<X>>*>(nullptr), options);
+}
+
+}  // namespace losskit
