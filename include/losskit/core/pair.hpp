@@ -13,6 +13,13 @@
 //        logits:     dL/ds_j = (g_j - q_j * sum_i g_i) / T
 //        log_probs:  dL/ds_j = g_j
 //      with g_j = G_j * gfac_k read from a scratch row G and one factor per chunk.
+//
+// Pipelined rows (PairScratch built with `pipelined`, as run_pair does): write_grad() only
+// records the row's per-chunk coefficients and flips to the other set of scratch rows; the
+// gradient goes out inside the next row's stats() loop, at the same index, so the stores
+// overlap that row's exps instead of running as a pass of their own with the core waiting on
+// memory. A kernel with a chunk loop of its own calls flush_chunk() in it; flush() writes a
+// recorded row that nothing picked up (the last row of a thread).
 
 #include <cstddef>
 #include <cstdint>
@@ -34,12 +41,55 @@ struct PairScratch {
   T* ex;  // one spare row, for kernels that ask for it
   ChunkedSoftmax<T> q, p, m;  // student, teacher, and one more for kernels that need it
   std::vector<double> chunk;  // one value per chunk for a kernel's `extra` hook
-  explicit PairScratch(std::ptrdiff_t cols, bool spare = false) {
-    const std::size_t n = std::size_t(cols);
-    T* base = scratch<T>(n * (spare ? 3 : 2));
+
+  // A gradient row recorded by a pipelined write_grad, not yet written:
+  //   out_i = es_i * (alpha_k + gamma_k * G_i) + beta_k * G_i   over chunk k.
+  struct Pending {
+    T* out = nullptr;
+    const T* es = nullptr;
+    const T* G = nullptr;
+    std::size_t n = 0;
+    bool stream = false;
+    std::vector<T> alpha, beta, gamma;
+  } pending;
+  bool pipelined = false;
+  T* other[3] = {nullptr, nullptr, nullptr};  // the second set of rows (pipelined)
+
+  explicit PairScratch(std::ptrdiff_t cols, bool spare = false, bool pipelined_rows = false)
+      : pipelined(pipelined_rows) {
+    const std::size_t n = std::size_t(cols), per = spare ? 3 : 2;
+    T* base = scratch<T>(n * per * (pipelined ? 2 : 1));
     es = base;
     et = base + n;
     ex = spare ? base + 2 * n : nullptr;
+    if (pipelined)
+      for (std::size_t j = 0; j < per; ++j) other[j] = base + (per + j) * n;
+  }
+  void swap_sets() {
+    std::swap(es, other[0]);
+    std::swap(et, other[1]);
+    if (ex) std::swap(ex, other[2]);
+  }
+  // Records `out` as the pending gradient row (coefficients per chunk from alpha(k), beta(k),
+  // gamma(k)), writing any earlier one first. Not pipelined: written right away.
+  template <class Alpha, class Beta, class Gamma>
+  void defer_grad(T* out, std::size_t n, bool stream, const T* G, Alpha&& alpha, Beta&& beta, Gamma&& gamma);
+  template <class Alpha, class Beta>
+  void defer_grad(T* out, std::size_t n, bool stream, const T* G, Alpha&& alpha, Beta&& beta) {
+    defer_grad(out, n, stream, G, alpha, beta, [](std::size_t) { return 0.0; });
+  }
+  // Chunk k = [b, e) of the pending row; end_pending() after the last chunk. For kernels with
+  // a chunk loop of their own (stats() writes the pending row element by element).
+  void flush_chunk(std::size_t k, std::size_t b, std::size_t e);
+  void end_pending() {
+    if (pending.stream) simd::stream_fence();
+    pending.out = nullptr;
+  }
+  // Writes the pending row, if any, as one pass of its own.
+  void flush() {
+    if (!pending.out) return;
+    for_chunks<T>(pending.n, [&](std::size_t k, std::size_t b, std::size_t e) { flush_chunk(k, b, e); });
+    end_pending();
   }
 };
 
@@ -56,6 +106,43 @@ inline void store_row(T* out, std::size_t b, std::size_t e, bool stream, Value&&
     else
       simd::store(out + i, v);
   });
+}
+
+template <class T>
+inline void PairScratch<T>::flush_chunk(std::size_t k, std::size_t b, std::size_t e) {
+  const Pending& d = pending;
+  const T a = d.alpha[k], c = d.beta[k], m = d.gamma[k];
+  store_row<T>(d.out, b, e, d.stream, [&](auto tag, std::size_t i) {
+    using V = typename decltype(tag)::type;
+    const V G = simd::load<V>(d.G + i);
+    return simd::load<V>(d.es + i) * (V(a) + V(m) * G) + V(c) * G;
+  });
+}
+
+template <class T>
+template <class Alpha, class Beta, class Gamma>
+inline void PairScratch<T>::defer_grad(T* out, std::size_t n, bool stream, const T* G, Alpha&& alpha, Beta&& beta,
+                                       Gamma&& gamma) {
+  flush();
+  auto& d = pending;
+  const std::size_t chunks = chunk_count(n, chunk_elems<T>);
+  d.alpha.resize(chunks);
+  d.beta.resize(chunks);
+  d.gamma.resize(chunks);
+  for (std::size_t k = 0; k < chunks; ++k) {
+    d.alpha[k] = T(alpha(k));
+    d.beta[k] = T(beta(k));
+    d.gamma[k] = T(gamma(k));
+  }
+  d.out = out;
+  d.es = es;
+  d.G = G;
+  d.n = n;
+  d.stream = stream;
+  if (pipelined)
+    swap_sets();
+  else
+    flush();
 }
 
 // {a, b, x[0], ..., x[K-1]} as one aggregate (keeps the accumulators in registers).
@@ -79,8 +166,9 @@ struct PairRow {
   // both exps (stored in es, et) and their sums, plus K sums of a kernel's own,
   // extra(lanes<V>, i, s_i, t_i, es_i, et_i) -> std::array<V, K>, computed while everything is
   // in registers. Chunk k's extra sums land in w.chunk[k * K + j] (relative to the chunk's own
-  // shifts: multiply by the chunk factors to merge).
-  template <std::size_t K, class Extra>
+  // shifts: multiply by the chunk factors to merge). With KeepTeacher = false the teacher's
+  // exps are not stored: et is free for the kernel's extra to store a row of its own.
+  template <std::size_t K, bool KeepTeacher = true, class Extra>
   void stats(Extra&& extra) {
     w.q.reset(n);
     w.p.reset(n);
@@ -90,7 +178,15 @@ struct PairRow {
     T* es = w.es;
     T* et = w.et;
     const T it = inv_t;
+    // The previous row's gradient (pipelined), written at the indices this loop visits.
+    auto& d = w.pending;
+    T* const pout = d.out && d.n == n ? d.out : nullptr;
+    if (d.out && !pout) w.flush();
+    const T* pes = d.es;
+    const T* pg = d.G;
+    const bool pnt = pout && d.stream && reinterpret_cast<std::uintptr_t>(pout) % sizeof(simd::batch<T>) == 0;
     for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
+      const T pa = pout ? d.alpha[k] : T(0), pb = pout ? d.beta[k] : T(0), pm = pout ? d.gamma[k] : T(0);
       const T ss = ChunkedSoftmax<T>::shift_for(
           simd::max_lanes<T>(b, e, [sp](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(sp + i); }));
       const T st = ChunkedSoftmax<T>::shift_for(
@@ -105,16 +201,25 @@ struct PairRow {
           simd::prefetch(sp + i + chunk_elems<T>);
           simd::prefetch(tp + i + chunk_elems<T>);
         }
+        if (pout) {
+          const V G = simd::load<V>(pg + i);
+          const V gv = simd::load<V>(pes + i) * (V(pa) + V(pm) * G) + V(pb) * G;
+          if (simd::is_batch<V> && pnt)
+            simd::stream(pout + i, gv);
+          else
+            simd::store(pout + i, gv);
+        }
         const V sv = simd::load<V>(sp + i), tv = simd::load<V>(tp + i);
         const V ev = simd::exp2_ftz((sv - V(ss)) * V(c)), fv = simd::exp2_ftz((tv - V(st)) * V(c));
         simd::store(es + i, ev);
-        simd::store(et + i, fv);
+        if constexpr (KeepTeacher) simd::store(et + i, fv);
         return prepend(ev, fv, extra(tag, i, sv, tv, ev, fv), std::make_index_sequence<K>{});
       });
       w.q.record(k, ss, it, sums[0]);
       w.p.record(k, st, it, sums[1]);
       for (std::size_t j = 0; j < K; ++j) w.chunk[k * K + j] = sums[j + 2];
     });
+    if (pout) w.end_pending();
     w.q.finish(student_log_probs);
     w.p.finish(teacher_log_probs);
   }
@@ -160,20 +265,14 @@ struct PairRow {
   }
 
   // Step 3. grad_j = scale * (logits: (g_j - q_j * sum_g) / T; log_probs: g_j), g_j = G_j * gfac(k).
+  // Pipelined: recorded here, written by the next stats() (or flush()).
   template <class GFactor>
   void write_grad(T* grad, double scale, const T* G, GFactor&& gfac, double sum_g) const {
     const bool logits = !student_log_probs;
     const double a = logits ? scale * double(inv_t) : scale;
-    const T* es = w.es;
-    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
-      const T alpha = logits ? T(-a * sum_g * w.q.factor_d(k)) : T(0);
-      const T beta = T(a * double(gfac(k)));
-      store_row<T>(grad, b, e, stream, [&](auto tag, std::size_t i) {
-        using V = typename decltype(tag)::type;
-        return V(alpha) * simd::load<V>(es + i) + V(beta) * simd::load<V>(G + i);
-      });
-    });
-    if (stream) simd::stream_fence();
+    w.defer_grad(
+        grad, n, stream, G, [&](std::size_t k) { return logits ? -a * sum_g * w.q.factor_d(k) : 0.0; },
+        [&](std::size_t k) { return a * double(gfac(k)); });
   }
 };
 

@@ -52,12 +52,16 @@ inline LossResult run_pair(const RowsView<const T>& s, const RowsView<const T>& 
   const T inv_t = T(1.0 / temp);
   const bool slp = o.student_input == Input::log_probs, tlp = o.teacher_input == Input::log_probs;
   const bool stream = streaming_output<T>(s.rows, s.cols);
+  // Rows are pipelined when there is a gradient: each row's gradient is written while the
+  // next row's statistics are computed (see core/pair.hpp); the last row's by `finish`.
+  const bool pipelined = g.data != nullptr && s.rows > 1;
   return run_rows<T>(
-      plan, s.rows, g, [&] { return PairScratch<T>(s.cols, Kernel::spare_row); },
+      plan, s.rows, g, [&] { return PairScratch<T>(s.cols, Kernel::spare_row, pipelined); },
       [&](PairScratch<T>& w, std::ptrdiff_t r, T* grad, double scale) {
         PairRow<T> row{s.row(r), t.row(r), std::size_t(s.cols), inv_t, slp, tlp, w, stream};
         return Kernel::row(row, grad, scale, o);
-      });
+      },
+      [](PairScratch<T>& w) { w.flush(); });
 }
 
 template <class Kernel, class S, class Tt, class G, class Options>

@@ -1,6 +1,8 @@
 #pragma once
-// Smooth elementwise math for the LDR losses: softplus and its sigmoid, log1p on [0, 1], and a
-// faster log for float batches.
+// Smooth elementwise math: softplus and its sigmoid, log1p on [0, 1], and a faster log for
+// float batches. Used by the LDR losses, and by the mixture divergences (jsd, skew_kl_div,
+// skew_reverse_kl_div), where log(a + b e^z) = log a + softplus(z + log(b / a)) replaces a
+// division and a general log.
 //
 // softplus(x) = log(1 + e^x) and its derivative sigmoid(x), without overflow for any x:
 //   t = e^{-|x|},  softplus = max(x, 0) + log1p(t),  sigmoid = 1 / (1 + t) (x >= 0), t / (1 + t) (x < 0)
@@ -38,16 +40,29 @@ inline V log1p_unit(const V& t) noexcept {
   }
 }
 
+// e^{-|x|} in (0, 1] (batch or scalar): the argument of log1p in softplus and sigmoid.
+template <class V>
+inline V exp_neg_abs(const V& x) noexcept {
+  using T = simd::scalar_t<V>;
+  if constexpr (std::is_same_v<T, float>)
+    return simd::exp2_ftz(simd::abs(x) * V(-simd::log2e<T>));
+  else
+    return simd::exp(-simd::abs(x));
+}
+
+// softplus of x (batch or scalar).
+template <class V>
+inline V softplus_lanes(const V& x) noexcept {
+  using T = simd::scalar_t<V>;
+  return simd::vmax(x, V(T(0))) + log1p_unit(exp_neg_abs(x));
+}
+
 // softplus of x (batch or scalar); its sigmoid in *sig.
 template <class V>
 inline V softplus_sigmoid(const V& x, V& sig) noexcept {
   using T = simd::scalar_t<V>;
   const V one(T(1));
-  V t;
-  if constexpr (std::is_same_v<T, float>)
-    t = simd::exp2_ftz(simd::abs(x) * V(-simd::log2e<T>));
-  else
-    t = simd::exp(-simd::abs(x));
+  const V t = exp_neg_abs(x);
   const V inv = one / (one + t);
   sig = simd::select(x >= V(T(0)), inv, t * inv);
   return simd::vmax(x, V(T(0))) + log1p_unit(t);

@@ -34,22 +34,21 @@ struct CauchySchwarzDiv {
       using V = typename decltype(tag)::type;
       return simd::load<V>(s + i) + simd::load<V>(t + i);
     };
+    const bool pending = w.pending.out && w.pending.n == r.n;
+    if (!pending) w.flush();
     for_chunks<T>(r.n, [&](std::size_t k, std::size_t b, std::size_t e) {
       w.q.chunk(k, b, e, two, sv, w.es, s);
       w.p.chunk(k, b, e, two, tv, w.et, t);
       w.m.chunk(k, b, e, r.inv_t, stv, w.ex);
+      if (pending) w.flush_chunk(k, b, e);  // the previous row's gradient (pipelined rows)
     });
+    if (pending) w.end_pending();
     const double value = w.q.finish(false) + w.p.finish(false) - 2.0 * w.m.finish(false);
     if (grad) {
       const double a = 2.0 * scale * double(r.inv_t);
-      for_chunks<T>(r.n, [&](std::size_t k, std::size_t b, std::size_t e) {
-        const T fa = T(a * w.q.factor_d(k)), fc = T(a * w.m.factor_d(k));
-        store_row<T>(grad, b, e, r.stream, [&](auto tag, std::size_t i) {
-          using V = typename decltype(tag)::type;
-          return V(fa) * simd::load<V>(w.es + i) - V(fc) * simd::load<V>(w.ex + i);
-        });
-      });
-      if (r.stream) simd::stream_fence();
+      w.defer_grad(
+          grad, r.n, r.stream, w.ex, [&](std::size_t k) { return a * w.q.factor_d(k); },
+          [&](std::size_t k) { return -a * w.m.factor_d(k); });
     }
     return value;
   }

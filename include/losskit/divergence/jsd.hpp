@@ -9,10 +9,13 @@
 // itself tends to 0 at both ends, about beta KL(p || q) near 0), so the loss changes scale by
 // 1/beta between beta = 1e-3 and beta = 0. At beta = 0.5 it is the symmetric JSD <= log 2.
 // Computed from ratios, so no large logs cancel: with r = p / q and u = M / q = beta r + 1 - beta,
-//   q (x - log M) = -q log u,   p (y - log M) = p (log r - log u),  log r = y - x.
+//   q (x - log M) = -q log u,   p (y - log M) = p (log r - log u),  log r = y - x,
+// log r from the logits and log u = log(1 - beta) + softplus(log r + log(beta / (1 - beta)))
+// (no division, no general log).
 
 #include "losskit/core/checks.hpp"
 #include "losskit/core/pair_loss.hpp"
+#include "losskit/core/softplus.hpp"
 #include "losskit/divergence/kl_div.hpp"
 #include "losskit/divergence/reverse_kl_div.hpp"
 
@@ -30,6 +33,7 @@ struct Jsd {
     if (o.beta == 1.0) return ReverseKlDiv::row(r, grad, scale, o);
     r.stats();
     const T beta = T(o.beta), keep = T(1.0 - o.beta), log_beta = T(std::log(o.beta));
+    const T log_keep = T(std::log1p(-o.beta)), z0 = T(std::log(o.beta) - std::log1p(-o.beta));
     const T gap = r.lse_gap();
     T* g = r.w.et;
     const auto sums = r.template sum_elements<2>([&](auto tag, std::size_t k, std::size_t i) {
@@ -37,9 +41,9 @@ struct Jsd {
       const V q = r.template q<V>(k, i);
       const V p = r.template p<V>(k, i);
       const auto q_live = q > V(T(0));
-      const V lu = simd::log(V(beta) * (p / q) + V(keep));           // log(M / q)
-      const V log_r = -r.template log_ratio<V>(i, gap);               // y - x
-      const V qterm = simd::where(q_live, -q * lu);                   // q (x - log M)
+      const V log_r = -r.template log_ratio<V>(i, gap);                  // y - x
+      const V lu = V(log_keep) + softplus_lanes(log_r + V(z0));          // log(M / q)
+      const V qterm = simd::where(q_live, -q * lu);                      // q (x - log M)
       const V pterm = simd::where(p > V(T(0)), p * simd::select(q_live, log_r - lu, V(-log_beta)));
       simd::store(g + i, V(keep) * qterm);
       return std::array<V, 2>{V(beta) * pterm + V(keep) * qterm, V(keep) * qterm};

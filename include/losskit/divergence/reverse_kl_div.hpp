@@ -3,7 +3,10 @@
 //   KL(q || p) = sum_i q_i (x_i - y_i),   q = softmax(s / T), p = softmax(t / T)
 //   d/dx_j     = q_j (x_j - y_j) + q_j                      (log-space)
 //   d/ds_j     = q_j (x_j - y_j - KL(q || p)) / T           (logits)
-// x_i - y_i is formed as (s_i - t_i) / T - (lse_q - lse_p). Conventions: q_i = 0 contributes
+// x_i - y_i is formed as (s_i - t_i) / T - (lse_q - lse_p). One pass over memory: the sum
+// of q_i (s_i - t_i) rides along with the softmax statistics, which keep d_i = s_i - t_i in
+// place of the teacher's exps; the gradient q_j (d_j / T - (lse_q - lse_p) - KL) / T then
+// needs only q and d. Conventions: q_i = 0 contributes
 // nothing; q_i > 0 where p_i = 0 gives +inf. Reference: Liger-Kernel LigerJSD and TRL
 // generalized_jsd_loss with beta = 1 (which switch to this divergence).
 
@@ -19,19 +22,26 @@ struct ReverseKlDiv {
 
   template <class T>
   static double row(PairRow<T>& r, T* grad, double scale, const DivergenceOptions&) {
-    r.stats();
-    const T gap = r.lse_gap();
-    T* g = r.w.et;  // p is not needed past the log-ratio: reuse its row for the gradient
-    const auto sums = r.template sum_elements<2>([&](auto tag, std::size_t k, std::size_t i) {
-      using V = typename decltype(tag)::type;
-      const V q = r.template q<V>(k, i);
-      const auto live = q > V(T(0));
-      const V term = simd::where(live, q * r.template log_ratio<V>(i, gap));
-      simd::store(g + i, term + q);
-      return std::array<V, 2>{term, term + q};
+    T* d = r.w.et;  // s - t, in place of the teacher's exps
+    r.template stats<1, false>([d](auto, std::size_t i, const auto& s, const auto& t, const auto& q, const auto&) {
+      using V = std::decay_t<decltype(s)>;
+      const V dv = simd::where(q > V(T(0)), s - t);  // q_i = 0 (s_i = -inf): no term, no gradient
+      simd::store(d + i, dv);
+      return std::array<V, 1>{q * dv};
     });
-    if (grad) r.write_grad(grad, scale, g, [](std::size_t) { return 1.0; }, sums[1]);
-    return sums[0];
+    auto& w = r.w;
+    const double gap = w.q.lse() - w.p.lse(), it = double(r.inv_t);
+    double kl = 0.0;
+    for (std::size_t k = 0; k < w.chunk.size(); ++k) kl += w.q.factor_d(k) * (it * w.chunk[k] - gap * w.q.chunk_sum(k));
+    if (grad) {
+      // log-space g_j = q_j (x_j - y_j + 1), sum_g = KL + sum q; grad = a (g_j - [logits] q_j sum_g)
+      const bool logits = !r.student_log_probs;
+      const double a = logits ? scale * it : scale, c = 1.0 - gap - (logits ? kl + w.q.total() : 0.0);
+      w.defer_grad(
+          grad, r.n, r.stream, d, [&](std::size_t k) { return a * w.q.factor_d(k) * c; }, [](std::size_t) { return 0.0; },
+          [&](std::size_t k) { return a * w.q.factor_d(k) * it; });
+    }
+    return kl;
   }
 };
 

@@ -5,12 +5,15 @@
 //   d/dx_j = -(1 - lambda) q_j p_j / m_j                                        (log-space)
 //   d/ds_j = (1/T) (g_j - q_j sum_i g_i)  with g the log-space gradient         (logits)
 // Formed from w = m / p = lambda + (1 - lambda) q / p, so SKL = -sum_i p_i log w_i and
-// g_j = -(1 - lambda) q_j / w_j. Finite whenever lambda > 0. DistiLLM's own code returns the
+// g_j = -(1 - lambda) q_j / w_j = -p_j sigmoid(z_j), with log w = log lambda + softplus(z),
+// z = log((1 - lambda) / lambda) - log(p / q) and log(p / q) = y - x from the logits.
+// Finite whenever lambda > 0. DistiLLM's own code returns the
 // cross-entropy form -sum p log m (same gradient, value larger by the entropy H(p)); losskit
 // returns the divergence itself (0 for identical inputs). Default lambda 0.1 as in DistiLLM.
 
 #include "losskit/core/checks.hpp"
 #include "losskit/core/pair_loss.hpp"
+#include "losskit/core/softplus.hpp"
 
 namespace losskit {
 namespace detail {
@@ -25,16 +28,17 @@ struct SkewKlDiv {
   template <class T>
   static double row(PairRow<T>& r, T* grad, double scale, const DivergenceOptions& o) {
     r.stats();
-    const T lam = T(o.skew_alpha), keep = T(1.0 - o.skew_alpha);
+    const T log_lam = T(std::log(o.skew_alpha)), z0 = T(std::log1p(-o.skew_alpha) - std::log(o.skew_alpha));
+    const T gap = r.lse_gap();
     T* g = r.w.et;
     const auto sums = r.template sum_elements<2>([&](auto tag, std::size_t k, std::size_t i) {
       using V = typename decltype(tag)::type;
-      const V q = r.template q<V>(k, i);
       const V p = r.template p<V>(k, i);
       const auto p_live = p > V(T(0));
-      const V w = V(lam) + V(keep) * (q / p);
-      const V term = simd::where(p_live, -p * simd::log(w));
-      const V gi = simd::where(p_live, -V(keep) * q / w);
+      V sig;
+      const V log_w = V(log_lam) + softplus_sigmoid(V(z0) + r.template log_ratio<V>(i, gap), sig);
+      const V term = simd::where(p_live, -p * log_w);
+      const V gi = simd::where(p_live, -p * sig);
       simd::store(g + i, gi);
       return std::array<V, 2>{term, gi};
     });

@@ -5,10 +5,13 @@
 //   d/dx_j = q_j (log(q_j / m_j) + 1 - lambda q_j / m_j)                        (log-space)
 //   d/ds_j = (1/T) (g_j - q_j sum_i g_i)                                        (logits)
 // Formed from v = m / q = (1 - lambda) p / q + lambda: SRKL = -sum_i q_i log v_i and
-// g_j = q_j (1 - log v_j - lambda / v_j). Default lambda 0.1 as in DistiLLM.
+// g_j = q_j (1 - log v_j - lambda / v_j), with log v = log lambda + softplus(z),
+// z = log((1 - lambda) / lambda) + log(p / q) (log(p / q) = y - x from the logits) and
+// 1 - lambda / v = sigmoid(z). Default lambda 0.1 as in DistiLLM.
 
 #include "losskit/core/checks.hpp"
 #include "losskit/core/pair_loss.hpp"
+#include "losskit/core/softplus.hpp"
 
 namespace losskit {
 namespace detail {
@@ -23,17 +26,17 @@ struct SkewReverseKlDiv {
   template <class T>
   static double row(PairRow<T>& r, T* grad, double scale, const DivergenceOptions& o) {
     r.stats();
-    const T lam = T(o.skew_alpha), keep = T(1.0 - o.skew_alpha);
+    const T log_lam = T(std::log(o.skew_alpha)), z0 = T(std::log1p(-o.skew_alpha) - std::log(o.skew_alpha));
+    const T gap = r.lse_gap();
     T* g = r.w.et;
     const auto sums = r.template sum_elements<2>([&](auto tag, std::size_t k, std::size_t i) {
       using V = typename decltype(tag)::type;
       const V q = r.template q<V>(k, i);
-      const V p = r.template p<V>(k, i);
       const auto q_live = q > V(T(0));
-      const V v = V(keep) * (p / q) + V(lam);
-      const V lv = simd::log(v);
+      V sig;
+      const V lv = V(log_lam) + softplus_sigmoid(V(z0) - r.template log_ratio<V>(i, gap), sig);
       const V term = simd::where(q_live, -q * lv);
-      const V gi = simd::where(q_live, q * (V(T(1)) - lv - V(lam) / v));
+      const V gi = simd::where(q_live, q * (sig - lv));
       simd::store(g + i, gi);
       return std::array<V, 2>{term, gi};
     });
