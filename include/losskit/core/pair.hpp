@@ -264,6 +264,21 @@ struct PairRow {
     return total;
   }
 
+  // Steps 2 and 3 for the common case: body(lanes<V>, k, i) -> {loss term, g_i} over the row
+  // (g_i the log-space gradient, kept in the et row), then the gradient from g. Returns the
+  // row sums of both.
+  template <class Body>
+  std::array<double, 2> element_pass(T* grad, double scale, Body&& body) const {
+    T* g = w.et;
+    const auto sums = sum_elements<2>([&](auto tag, std::size_t k, std::size_t i) {
+      const auto v = body(tag, k, i);
+      simd::store(g + i, v[1]);
+      return v;
+    });
+    if (grad) write_grad(grad, scale, g, [](std::size_t) { return 1.0; }, sums[1]);
+    return sums;
+  }
+
   // Step 3. grad_j = scale * (logits: (g_j - q_j * sum_g) / T; log_probs: g_j), g_j = G_j * gfac(k).
   // Pipelined: recorded here, written by the next stats() (or flush()).
   template <class GFactor>

@@ -35,8 +35,7 @@ struct Jsd {
     const T beta = T(o.beta), keep = T(1.0 - o.beta), log_beta = T(std::log(o.beta));
     const T log_keep = T(std::log1p(-o.beta)), z0 = T(std::log(o.beta) - std::log1p(-o.beta));
     const T gap = r.lse_gap();
-    T* g = r.w.et;
-    const auto sums = r.template sum_elements<2>([&](auto tag, std::size_t k, std::size_t i) {
+    const auto sums = r.element_pass(grad, scale, [&](auto tag, std::size_t k, std::size_t i) {
       using V = typename decltype(tag)::type;
       const V q = r.template q<V>(k, i);
       const V p = r.template p<V>(k, i);
@@ -45,10 +44,8 @@ struct Jsd {
       const V lu = V(log_keep) + softplus_lanes(log_r + V(z0));          // log(M / q)
       const V qterm = simd::where(q_live, -q * lu);                      // q (x - log M)
       const V pterm = simd::where(p > V(T(0)), p * simd::select(q_live, log_r - lu, V(-log_beta)));
-      simd::store(g + i, V(keep) * qterm);
       return std::array<V, 2>{V(beta) * pterm + V(keep) * qterm, V(keep) * qterm};
     });
-    if (grad) r.write_grad(grad, scale, g, [](std::size_t) { return 1.0; }, sums[1]);
     return sums[0];
   }
 };

@@ -30,8 +30,7 @@ struct SkewKlDiv {
     r.stats();
     const T log_lam = T(std::log(o.skew_alpha)), z0 = T(std::log1p(-o.skew_alpha) - std::log(o.skew_alpha));
     const T gap = r.lse_gap();
-    T* g = r.w.et;
-    const auto sums = r.template sum_elements<2>([&](auto tag, std::size_t k, std::size_t i) {
+    const auto sums = r.element_pass(grad, scale, [&](auto tag, std::size_t k, std::size_t i) {
       using V = typename decltype(tag)::type;
       const V p = r.template p<V>(k, i);
       const auto p_live = p > V(T(0));
@@ -39,10 +38,8 @@ struct SkewKlDiv {
       const V log_w = V(log_lam) + softplus_sigmoid(V(z0) + r.template log_ratio<V>(i, gap), sig);
       const V term = simd::where(p_live, -p * log_w);
       const V gi = simd::where(p_live, -p * sig);
-      simd::store(g + i, gi);
       return std::array<V, 2>{term, gi};
     });
-    if (grad) r.write_grad(grad, scale, g, [](std::size_t) { return 1.0; }, sums[1]);
     return sums[0];
   }
 };

@@ -28,8 +28,7 @@ struct SkewReverseKlDiv {
     r.stats();
     const T log_lam = T(std::log(o.skew_alpha)), z0 = T(std::log1p(-o.skew_alpha) - std::log(o.skew_alpha));
     const T gap = r.lse_gap();
-    T* g = r.w.et;
-    const auto sums = r.template sum_elements<2>([&](auto tag, std::size_t k, std::size_t i) {
+    const auto sums = r.element_pass(grad, scale, [&](auto tag, std::size_t k, std::size_t i) {
       using V = typename decltype(tag)::type;
       const V q = r.template q<V>(k, i);
       const auto q_live = q > V(T(0));
@@ -37,10 +36,8 @@ struct SkewReverseKlDiv {
       const V lv = V(log_lam) + softplus_sigmoid(V(z0) - r.template log_ratio<V>(i, gap), sig);
       const V term = simd::where(q_live, -q * lv);
       const V gi = simd::where(q_live, q * (sig - lv));
-      simd::store(g + i, gi);
       return std::array<V, 2>{term, gi};
     });
-    if (grad) r.write_grad(grad, scale, g, [](std::size_t) { return 1.0; }, sums[1]);
     return sums[0];
   }
 };

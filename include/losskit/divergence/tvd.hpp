@@ -19,22 +19,17 @@ struct Tvd {
   template <class T>
   static double row(PairRow<T>& r, T* grad, double scale, const DivergenceOptions&) {
     r.stats();
-    // Over the classes where q > p: A = sum q and D = sum (q - p). Then
+    // With D = sum over the classes where q > p of (q - p):
     //   1/2 sum |p - q| = D + (sum p - sum q) / 2   (= D for logits: the two halves are equal)
-    //   sum_g = A - (sum q) / 2.
-    T* g = r.w.et;
-    const auto sums = r.template sum_elements<2>([&](auto tag, std::size_t k, std::size_t i) {
+    const auto sums = r.element_pass(grad, scale, [&](auto tag, std::size_t k, std::size_t i) {
       using V = typename decltype(tag)::type;
       const V q = r.template q<V>(k, i);
       const V p = r.template p<V>(k, i);
       const auto up = q > p;
       const V half(T(0.5));
-      simd::store(g + i, q * simd::select(up, half, -half));
-      return std::array<V, 2>{simd::where(up, q), simd::where(up, q - p)};
+      return std::array<V, 2>{simd::where(up, q - p), q * simd::select(up, half, -half)};
     });
-    const double sum_q = r.w.q.total(), sum_p = r.w.p.total();
-    if (grad) r.write_grad(grad, scale, g, [](std::size_t) { return 1.0; }, sums[0] - 0.5 * sum_q);
-    return sums[1] + 0.5 * (sum_p - sum_q);
+    return sums[0] + 0.5 * (r.w.p.total() - r.w.q.total());
   }
 };
 
