@@ -11,9 +11,7 @@
 //   build/release/bench/bench_classification --benchmark_format=json > out.json
 //   python3 bench/report.py out.json
 
-#include <losskit/losskit.hpp>
-
-#include <benchmark/benchmark.h>
+#include "bench_support.hpp"
 
 #include <cstdint>
 #include <functional>
@@ -34,49 +32,23 @@ struct Inputs {
 
 // One input per shape, shared by every benchmark (built once).
 Inputs& inputs(Eigen::Index rows, Eigen::Index cols) {
-  static std::map<std::pair<Eigen::Index, Eigen::Index>, Inputs> cache;
-  auto it = cache.find({rows, cols});
-  if (it == cache.end()) {
-    Inputs in{RowMatrixXf(rows, cols), RowMatrixXf(rows, cols), {}, {}};
+  return losskit_bench::per_shape<Inputs>(rows, cols, [](Eigen::Index r, Eigen::Index c) {
+    Inputs in{RowMatrixXf(r, c), RowMatrixXf::Zero(r, c), {}, {}};
     std::mt19937 rng(7);
-    std::normal_distribution<float> n(0.f, 3.f);
-    std::uniform_int_distribution<std::int64_t> label(0, cols - 1);
-    for (Eigen::Index i = 0; i < in.x.size(); ++i) in.x.data()[i] = n(rng);
-    for (Eigen::Index r = 0; r < rows; ++r) {
+    std::uniform_int_distribution<std::int64_t> label(0, c - 1);
+    losskit_bench::fill_normal(rng, {&in.x});
+    for (Eigen::Index k = 0; k < r; ++k) {
       in.labels.push_back(label(rng));
-      in.ids.push_back(r);
+      in.ids.push_back(k);
     }
-    in.g.setZero();
-    it = cache.emplace(std::make_pair(rows, cols), std::move(in)).first;
-  }
-  return it->second;
+    return in;
+  });
 }
 
-void set_counters(benchmark::State& st, Eigen::Index rows, Eigen::Index cols) {
-  const auto elems = int64_t(rows) * int64_t(cols);
-  st.SetItemsProcessed(int64_t(st.iterations()) * elems);
-  st.SetBytesProcessed(int64_t(st.iterations()) * elems * int64_t(2 * sizeof(float)));  // 1 read + 1 write
-}
-
-// ---- the floor: g = x / 2, vectorised, one pass, written as losskit writes large gradients --------
+// ---- the floor: g = 2 x, one streaming pass (bench_support.hpp) ---------------------------------
 void BM_floor(benchmark::State& st) {
-  const auto rows = st.range(0), cols = st.range(1);
-  const int threads = int(st.range(2));
-  auto& in = inputs(rows, cols);
-  const bool stream = losskit::detail::streaming_output<float>(rows, cols);
-  for (auto _ : st) {
-    losskit::detail::parallel_ranges(rows, threads, [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
-      const float* x = in.x.row(b).data();
-      losskit::detail::store_row<float>(in.g.row(b).data(), 0, std::size_t((e - b) * cols), stream,
-                                        [&](auto tag, std::size_t i) {
-                                          using V = typename decltype(tag)::type;
-                                          return losskit::simd::load<V>(x + i) * V(0.5f);
-                                        });
-      losskit::simd::stream_fence();
-    });
-    benchmark::ClobberMemory();
-  }
-  set_counters(st, rows, cols);
+  auto& in = inputs(st.range(0), st.range(1));
+  losskit_bench::time_floor(st, in.x, in.g);
 }
 
 // ---- losskit -------------------------------------------------------------------------------------
@@ -127,32 +99,19 @@ const std::map<std::string, Kernel>& kernels() {
 }
 
 void BM_losskit(benchmark::State& st, const std::string& name) {
-  const auto rows = st.range(0), cols = st.range(1);
-  auto& in = inputs(rows, cols);
+  auto& in = inputs(st.range(0), st.range(1));
   const auto& fn = kernels().at(name);
   const int threads = int(st.range(2));
-  double v = 0;
-  for (auto _ : st) {
-    v = fn(in, threads);
-    benchmark::DoNotOptimize(v);
-    benchmark::ClobberMemory();
-  }
-  st.counters["loss"] = v;
-  set_counters(st, rows, cols);
+  losskit_bench::time_loss(st, 2, [&] { return fn(in, threads); });  // 1 read + 1 write per element
 }
 
-void shapes(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"rows", "cols", "threads"});
-  for (auto [r, c] : {std::pair<int, int>{1024, 32000}, {256, 128256}})
-    for (int th : {1, 2}) b->Args({r, c, th});
-  b->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(0.05);
-}
+const std::vector<losskit_bench::Shape> kShapes{{1024, 32000}, {256, 128256}};
 
 const int registered = [] {
-  benchmark::RegisterBenchmark("floor", BM_floor)->Apply(shapes);
+  losskit_bench::register_grid("floor", kShapes, {1, 2}, BM_floor);
   for (const auto& [name, fn] : kernels()) {
     (void)fn;
-    benchmark::RegisterBenchmark((name + "/losskit").c_str(), BM_losskit, name)->Apply(shapes);
+    losskit_bench::register_grid(name + "/losskit", kShapes, {1, 2}, BM_losskit, name);
   }
   return 0;
 }();

@@ -11,18 +11,11 @@
 //   build/release/bench/bench_cross_entropy_vs_torch --benchmark_format=json > out.json
 //   python3 bench/report.py out.json
 
-#include <losskit/losskit.hpp>
-
-#include <benchmark/benchmark.h>
+#include "bench_support.hpp"
 
 #include <cstdint>
-#include <map>
 #include <random>
 #include <vector>
-
-#if LOSSKIT_HAVE_TORCH
-#include <torch/torch.h>
-#endif
 
 namespace {
 
@@ -37,67 +30,36 @@ struct Inputs {
 
 // One input per shape, shared by every benchmark (built once): logits ~ N(0, 3), uniform labels.
 Inputs& inputs(Eigen::Index rows, Eigen::Index cols) {
-  static std::map<std::pair<Eigen::Index, Eigen::Index>, Inputs> cache;
-  auto it = cache.find({rows, cols});
-  if (it == cache.end()) {
-    Inputs in{RowMatrixXf(rows, cols), RowMatrixXf(rows, cols), std::vector<std::int64_t>(std::size_t(rows))};
+  return losskit_bench::per_shape<Inputs>(rows, cols, [](Eigen::Index r, Eigen::Index c) {
+    Inputs in{RowMatrixXf(r, c), RowMatrixXf::Zero(r, c), std::vector<std::int64_t>(std::size_t(r))};
     std::mt19937 rng(11);
-    std::normal_distribution<float> n(0.f, 3.f);
-    for (Eigen::Index i = 0; i < in.x.size(); ++i) in.x.data()[i] = n(rng);
-    std::uniform_int_distribution<std::int64_t> label(0, cols - 1);
+    losskit_bench::fill_normal(rng, {&in.x});
+    std::uniform_int_distribution<std::int64_t> label(0, c - 1);
     for (auto& v : in.y) v = label(rng);
-    in.g.setZero();
-    it = cache.emplace(std::make_pair(rows, cols), std::move(in)).first;
-  }
-  return it->second;
+    return in;
+  });
 }
 
 void set_counters(benchmark::State& st, Eigen::Index rows, Eigen::Index cols) {
-  const auto elems = int64_t(rows) * int64_t(cols);
-  st.SetItemsProcessed(int64_t(st.iterations()) * elems);
-  st.SetBytesProcessed(int64_t(st.iterations()) * elems * int64_t(2 * sizeof(float)));  // 1 read + 1 write
+  losskit_bench::set_counters(st, rows, cols, 2);  // 1 read + 1 write per element
 }
 
-// ---- the floor: g = 2 x, vectorised, one pass, gradients stored as losskit stores them ------------
+// ---- the floor: g = 2 x, one streaming pass (bench_support.hpp) ---------------------------------
 void BM_floor(benchmark::State& st) {
-  const auto rows = st.range(0), cols = st.range(1);
-  const int threads = int(st.range(2));
-  auto& in = inputs(rows, cols);
-  const bool stream = losskit::detail::streaming_output<float>(rows, cols);
-  for (auto _ : st) {
-    losskit::detail::parallel_ranges(rows, threads, [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
-      const float* x = in.x.row(b).data();
-      losskit::detail::store_row<float>(in.g.row(b).data(), 0, std::size_t((e - b) * cols), stream,
-                                        [&](auto tag, std::size_t i) {
-                                          using V = typename decltype(tag)::type;
-                                          const V v = losskit::simd::load<V>(x + i);
-                                          return v + v;
-                                        });
-      losskit::simd::stream_fence();
-    });
-    benchmark::ClobberMemory();
-  }
-  set_counters(st, rows, cols);
+  auto& in = inputs(st.range(0), st.range(1));
+  losskit_bench::time_floor(st, in.x, in.g);
 }
 
 // ---- losskit -------------------------------------------------------------------------------------
 void BM_losskit(benchmark::State& st, bool options) {
-  const auto rows = st.range(0), cols = st.range(1);
-  auto& in = inputs(rows, cols);
+  auto& in = inputs(st.range(0), st.range(1));
   losskit::CrossEntropyOptions o;
   if (options) {
     o.label_smoothing = kSmoothing;
     o.z_loss = kZLoss;
   }
   o.threads = int(st.range(2));
-  double v = 0;
-  for (auto _ : st) {
-    v = losskit::cross_entropy(in.x, in.y, in.g, o).value;
-    benchmark::DoNotOptimize(v);
-    benchmark::ClobberMemory();
-  }
-  st.counters["loss"] = v;
-  set_counters(st, rows, cols);
+  losskit_bench::time_loss(st, 2, [&] { return losskit::cross_entropy(in.x, in.y, in.g, o).value; });
 }
 
 // ---- naive Eigen ---------------------------------------------------------------------------------
@@ -139,41 +101,26 @@ void BM_torch(benchmark::State& st) {
   namespace F = torch::nn::functional;
   const auto rows = st.range(0), cols = st.range(1);
   auto& in = inputs(rows, cols);
-  torch::set_num_threads(int(st.range(2)));
   const auto x = torch::from_blob(in.x.data(), {rows, cols}, torch::TensorOptions().dtype(torch::kFloat32))
                      .clone()
                      .requires_grad_(true);
   const auto y = torch::from_blob(in.y.data(), {rows}, torch::TensorOptions().dtype(torch::kInt64)).clone();
   const auto opts = F::CrossEntropyFuncOptions().label_smoothing(kSmoothing);
-  double v = 0;
-  for (auto _ : st) {
-    auto loss = F::cross_entropy(x, y, opts);
-    loss.backward();
-    v = loss.item<double>();
-    benchmark::DoNotOptimize(x.grad().data_ptr());
-    x.mutable_grad().reset();
-  }
-  st.counters["loss"] = v;
+  st.counters["loss"] = losskit_bench::time_torch_backward(st, x, [&] { return F::cross_entropy(x, y, opts); });
   set_counters(st, rows, cols);
 }
 #endif
 
-void with_threads(benchmark::internal::Benchmark* b, std::initializer_list<int> threads) {
-  b->ArgNames({"rows", "cols", "threads"});
-  for (auto [r, c] : {std::pair<int, int>{1024, 32000}, {4096, 128256}})
-    for (int th : threads) b->Args({r, c, th});
-  b->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(0.05);
-}
-void shapes(benchmark::internal::Benchmark* b) { with_threads(b, {1, 2}); }
-void single_thread(benchmark::internal::Benchmark* b) { with_threads(b, {1}); }
+const std::vector<losskit_bench::Shape> kShapes{{1024, 32000}, {4096, 128256}};
 
 const int registered = [] {
-  benchmark::RegisterBenchmark("floor", BM_floor)->Apply(shapes);
-  benchmark::RegisterBenchmark("cross_entropy/losskit", BM_losskit, true)->Apply(shapes);
-  benchmark::RegisterBenchmark("cross_entropy_plain/losskit", BM_losskit, false)->Apply(shapes);
-  benchmark::RegisterBenchmark("cross_entropy/eigen", BM_eigen)->Apply(single_thread);
+  using losskit_bench::register_grid;
+  register_grid("floor", kShapes, {1, 2}, BM_floor);
+  register_grid("cross_entropy/losskit", kShapes, {1, 2}, BM_losskit, true);
+  register_grid("cross_entropy_plain/losskit", kShapes, {1, 2}, BM_losskit, false);
+  register_grid("cross_entropy/eigen", kShapes, {1}, BM_eigen);
 #if LOSSKIT_HAVE_TORCH
-  benchmark::RegisterBenchmark("cross_entropy/torch", BM_torch)->Apply(shapes);
+  register_grid("cross_entropy/torch", kShapes, {1, 2}, BM_torch);
 #endif
   return 0;
 }();

@@ -17,7 +17,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -35,53 +34,32 @@ struct Inputs {
 };
 
 Inputs& inputs(Eigen::Index rows, Eigen::Index cols) {
-  static std::map<std::pair<Eigen::Index, Eigen::Index>, Inputs> cache;
-  auto it = cache.find({rows, cols});
-  if (it == cache.end()) {
-    Inputs in{RowMatrixXf(rows, cols), RowMatrixXf(rows, cols), RowMatrixXf(rows, cols), RowMatrixXf(rows, cols), {}, {}};
+  return losskit_bench::per_shape<Inputs>(rows, cols, [](Eigen::Index nr, Eigen::Index nc) {
+    Inputs in{RowMatrixXf(nr, nc), RowMatrixXf(nr, nc), RowMatrixXf(nr, nc), RowMatrixXf::Zero(nr, nc), {}, {}};
     std::mt19937 rng(7);
-    std::normal_distribution<float> n(0.f, 3.f);
-    for (Eigen::Index i = 0; i < in.s.size(); ++i) {
-      in.s.data()[i] = n(rng);
-      in.t.data()[i] = n(rng);
-    }
-    for (Eigen::Index r = 0; r < rows; ++r) {
+    losskit_bench::fill_normal(rng, {&in.s, &in.t});
+    for (Eigen::Index r = 0; r < nr; ++r) {
       const float m = in.t.row(r).maxCoeff();
       in.p.row(r) = (in.t.row(r).array() - m).exp().matrix();
       in.p.row(r) /= in.p.row(r).sum();
-      in.labels.push_back((r * 7919) % cols);
+      in.labels.push_back((r * 7919) % nc);
       in.index.push_back(r);
     }
-    in.g.setZero();
-    it = cache.emplace(std::make_pair(rows, cols), std::move(in)).first;
-  }
-  return it->second;
+    return in;
+  });
 }
 
 // ---- the floor: g = s + t, one pass (bench_support.hpp) ------------------------------------------
 void BM_floor(benchmark::State& st) {
-  const auto rows = st.range(0), cols = st.range(1);
-  auto& in = inputs(rows, cols);
-  for (auto _ : st) {
-    losskit_bench::floor_two_inputs(in.s, in.t, in.g, int(st.range(2)));
-    benchmark::ClobberMemory();
-  }
-  losskit_bench::set_counters(st, rows, cols, 3);
+  auto& in = inputs(st.range(0), st.range(1));
+  losskit_bench::time_floor(st, in.s, in.t, in.g);
 }
 
 template <class Fn>
 void run(benchmark::State& st, Fn&& fn) {
-  const auto rows = st.range(0), cols = st.range(1);
-  auto& in = inputs(rows, cols);
+  auto& in = inputs(st.range(0), st.range(1));
   const int threads = int(st.range(2));
-  double v = 0;
-  for (auto _ : st) {
-    v = fn(in, threads);
-    benchmark::DoNotOptimize(v);
-    benchmark::ClobberMemory();
-  }
-  st.counters["loss"] = v;
-  losskit_bench::set_counters(st, rows, cols, 3);  // 2 reads + 1 write, as the floor
+  losskit_bench::time_loss(st, 3, [&] { return fn(in, threads); });  // 2 reads + 1 write, as the floor
 }
 
 void BM_soft_cross_entropy(benchmark::State& st) {
@@ -133,20 +111,17 @@ void BM_ps_kd_step(benchmark::State& st) {
   });
 }
 
-void shapes(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"rows", "cols", "threads"});
-  for (int th : {1, 2}) b->Args({1024, 32000, th});
-  b->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(0.05);
-}
+const std::vector<losskit_bench::Shape> kShapes{{1024, 32000}};
 
 const int registered = [] {
-  benchmark::RegisterBenchmark("floor", BM_floor)->Apply(shapes);
-  benchmark::RegisterBenchmark("soft_cross_entropy/losskit", BM_soft_cross_entropy)->Apply(shapes);
-  benchmark::RegisterBenchmark("kd_loss/losskit", BM_kd_loss)->Apply(shapes);
-  benchmark::RegisterBenchmark("topk_kl_div/losskit", BM_topk, false)->Apply(shapes);
-  benchmark::RegisterBenchmark("topk_kl_div_renorm/losskit", BM_topk, true)->Apply(shapes);
-  benchmark::RegisterBenchmark("ps_kd_step/losskit", BM_ps_kd_step)->Apply(shapes);
-  benchmark::RegisterBenchmark("kl_div/losskit", BM_kl_div)->Apply(shapes);
+  using losskit_bench::register_grid;
+  register_grid("floor", kShapes, {1, 2}, BM_floor);
+  register_grid("soft_cross_entropy/losskit", kShapes, {1, 2}, BM_soft_cross_entropy);
+  register_grid("kd_loss/losskit", kShapes, {1, 2}, BM_kd_loss);
+  register_grid("topk_kl_div/losskit", kShapes, {1, 2}, BM_topk, false);
+  register_grid("topk_kl_div_renorm/losskit", kShapes, {1, 2}, BM_topk, true);
+  register_grid("ps_kd_step/losskit", kShapes, {1, 2}, BM_ps_kd_step);
+  register_grid("kl_div/losskit", kShapes, {1, 2}, BM_kl_div);
   return 0;
 }();
 

@@ -12,15 +12,11 @@
 #include "bench_support.hpp"
 
 #include <cmath>
-#include <cstdint>
 #include <functional>
 #include <map>
 #include <random>
 #include <string>
-
-#if LOSSKIT_HAVE_TORCH
-#include <torch/torch.h>
-#endif
+#include <vector>
 
 namespace {
 
@@ -35,20 +31,12 @@ struct Inputs {
 
 // One pair of inputs per shape, shared by every benchmark (built once).
 Inputs& inputs(Eigen::Index rows, Eigen::Index cols) {
-  static std::map<std::pair<Eigen::Index, Eigen::Index>, Inputs> cache;
-  auto it = cache.find({rows, cols});
-  if (it == cache.end()) {
-    Inputs in{RowMatrixXf(rows, cols), RowMatrixXf(rows, cols), RowMatrixXf(rows, cols)};
+  return losskit_bench::per_shape<Inputs>(rows, cols, [](Eigen::Index r, Eigen::Index c) {
+    Inputs in{RowMatrixXf(r, c), RowMatrixXf(r, c), RowMatrixXf::Zero(r, c)};
     std::mt19937 rng(7);
-    std::normal_distribution<float> n(0.f, 3.f);
-    for (Eigen::Index i = 0; i < in.s.size(); ++i) {
-      in.s.data()[i] = n(rng);
-      in.t.data()[i] = n(rng);
-    }
-    in.g.setZero();
-    it = cache.emplace(std::make_pair(rows, cols), std::move(in)).first;
-  }
-  return it->second;
+    losskit_bench::fill_normal(rng, {&in.s, &in.t});
+    return in;
+  });
 }
 
 void set_counters(benchmark::State& st, Eigen::Index rows, Eigen::Index cols) {
@@ -57,13 +45,8 @@ void set_counters(benchmark::State& st, Eigen::Index rows, Eigen::Index cols) {
 
 // ---- the floor: one streaming read of both inputs, one write (bench_support.hpp) -------------
 void BM_floor(benchmark::State& st) {
-  const auto rows = st.range(0), cols = st.range(1);
-  auto& in = inputs(rows, cols);
-  for (auto _ : st) {
-    losskit_bench::floor_two_inputs(in.s, in.t, in.g, int(st.range(2)));
-    benchmark::ClobberMemory();
-  }
-  set_counters(st, rows, cols);
+  auto& in = inputs(st.range(0), st.range(1));
+  losskit_bench::time_floor(st, in.s, in.t, in.g);
 }
 
 // ---- losskit -------------------------------------------------------------------------------------
@@ -186,40 +169,25 @@ torch::Tensor torch_loss(const std::string& name, const torch::Tensor& s, const 
 void BM_torch(benchmark::State& st, const std::string& name) {
   const auto rows = st.range(0), cols = st.range(1);
   auto& in = inputs(rows, cols);
-  torch::set_num_threads(int(st.range(2)));
   const auto opts = torch::TensorOptions().dtype(torch::kFloat32);
   const auto s = torch::from_blob(in.s.data(), {rows, cols}, opts).clone().requires_grad_(true);
   const auto t = torch::from_blob(in.t.data(), {rows, cols}, opts).clone();
-  double v = 0;
-  for (auto _ : st) {
-    auto loss = torch_loss(name, s, t);
-    loss.backward();
-    v = loss.item<double>();
-    benchmark::DoNotOptimize(s.grad().data_ptr());
-    s.mutable_grad().reset();
-  }
-  st.counters["loss"] = v;
+  st.counters["loss"] = losskit_bench::time_torch_backward(st, s, [&] { return torch_loss(name, s, t); });
   set_counters(st, rows, cols);
 }
 #endif
 
-void with_threads(benchmark::internal::Benchmark* b, std::initializer_list<int> threads) {
-  b->ArgNames({"rows", "cols", "threads"});
-  for (auto [r, c] : {std::pair<int, int>{1024, 32000}, {256, 128256}})
-    for (int th : threads) b->Args({r, c, th});
-  b->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(0.05);
-}
-void shapes(benchmark::internal::Benchmark* b) { with_threads(b, {1, 2}); }
-void single_thread(benchmark::internal::Benchmark* b) { with_threads(b, {1}); }
+const std::vector<losskit_bench::Shape> kShapes{{1024, 32000}, {256, 128256}};
 
 const int registered = [] {
-  benchmark::RegisterBenchmark("floor", BM_floor)->Apply(shapes);
+  using losskit_bench::register_grid;
+  register_grid("floor", kShapes, {1, 2}, BM_floor);
   for (const auto& [name, fn] : losskit_fns()) {
     (void)fn;
-    benchmark::RegisterBenchmark((name + "/losskit").c_str(), BM_losskit, name)->Apply(shapes);
-    benchmark::RegisterBenchmark((name + "/eigen").c_str(), BM_eigen, name)->Apply(single_thread);
+    register_grid(name + "/losskit", kShapes, {1, 2}, BM_losskit, name);
+    register_grid(name + "/eigen", kShapes, {1}, BM_eigen, name);
 #if LOSSKIT_HAVE_TORCH
-    benchmark::RegisterBenchmark((name + "/torch").c_str(), BM_torch, name)->Apply(shapes);
+    register_grid(name + "/torch", kShapes, {1, 2}, BM_torch, name);
 #endif
   }
   return 0;

@@ -7,8 +7,8 @@ prints the ratio to losskit when given the JSON output of bench_sinkhorn.
     build/release/bench/bench_sinkhorn --benchmark_filter=sinkhorn/ --benchmark_format=json > sk.json
     python3 bench/bench_pot.py --losskit-json sk.json       # any python with numpy and POT
 
-Needs numpy and POT (and torch, which tests/reference/gen_divergence_refs.py imports: the input
-generator is shared from there); exits 0 with a message when one is missing.
+Needs numpy and POT (the input generator is shared from tests/reference/refs_common.py); exits 0
+with a message when one is missing.
 """
 
 import argparse
@@ -24,8 +24,9 @@ try:
     import numpy as np
     import ot
 
+    sys.dont_write_bytecode = True  # no __pycache__ in tests/reference
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference"))
-    from gen_divergence_refs import splitmix64_u  # the shared generator (that module also imports torch)
+    from refs_common import splitmix64_u  # the shared generator (numpy only)
 except ImportError as e:  # pragma: no cover
     print(f"bench_pot.py: skipped ({e})")
     sys.exit(0)

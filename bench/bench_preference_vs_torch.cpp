@@ -21,20 +21,15 @@
 //   build/release/bench/bench_preference_vs_torch --benchmark_format=json > out.json
 //   python3 bench/report.py out.json
 
-#include <losskit/losskit.hpp>
+#include "bench_support.hpp"
+
 #include <losskit/core/scalar_math.hpp>
 #include <losskit/preference/sequence_logprobs.hpp>
-
-#include <benchmark/benchmark.h>
 
 #include <cmath>
 #include <cstdint>
 #include <array>
 #include <vector>
-
-#if LOSSKIT_HAVE_TORCH
-#include <torch/torch.h>
-#endif
 
 namespace {
 
@@ -72,10 +67,8 @@ Inputs& inputs() {
 }
 
 void set_counters(benchmark::State& st, double loss) {
-  const auto elems = kRows * kVocab;
   st.counters["loss"] = loss;
-  st.SetItemsProcessed(int64_t(st.iterations()) * elems);
-  st.SetBytesProcessed(int64_t(st.iterations()) * elems * int64_t(3 * sizeof(float)));  // 2 reads + 1 write
+  losskit_bench::set_counters(st, kRows, kVocab, 3);  // 2 reads + 1 write per element
 }
 
 // The DPO scalar: h_i = beta ((pi_w - rho_w) - (pi_l - rho_l)), loss = mean_i -log sigma(h_i),
@@ -92,25 +85,11 @@ double sigmoid_dpo(const Eigen::VectorXd& pi, const Eigen::VectorXd& rho, Eigen:
   return loss;
 }
 
-// ---- the floor: g = policy + ref, one pass, written as losskit writes gradients --------------
+// ---- the floor: g = policy + ref, one streaming pass (bench_support.hpp) ------------------------
 void BM_floor(benchmark::State& st) {
-  const int threads = int(st.range(2));
   auto& in = inputs();
-  const bool stream = losskit::detail::streaming_output<float>(kRows, kVocab);
-  for (auto _ : st) {
-    losskit::detail::parallel_ranges(kRows, threads, [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
-      const float* s = in.policy.row(b).data();
-      const float* t = in.ref.row(b).data();
-      losskit::detail::store_row<float>(in.grad.row(b).data(), 0, std::size_t((e - b) * kVocab), stream,
-                                        [&](auto tag, std::size_t i) {
-                                          using V = typename decltype(tag)::type;
-                                          return losskit::simd::load<V>(s + i) + losskit::simd::load<V>(t + i);
-                                        });
-      losskit::simd::stream_fence();
-    });
-    benchmark::ClobberMemory();
-  }
-  set_counters(st, 0.0);
+  losskit_bench::time_floor(st, in.policy, in.ref, in.grad);
+  st.counters["loss"] = 0.0;
 }
 
 // ---- losskit -------------------------------------------------------------------------------------
@@ -248,7 +227,6 @@ void BM_eigen(benchmark::State& st) {
 // under no_grad; -logsigmoid(h).mean(); backward.
 void BM_torch(benchmark::State& st) {
   auto& in = inputs();
-  torch::set_num_threads(int(st.range(2)));
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
   const auto policy = torch::from_blob(in.policy.data(), {kRows, kVocab}, f32).requires_grad_(true);
   const auto ref = torch::from_blob(in.ref.data(), {kRows, kVocab}, f32);
@@ -257,8 +235,7 @@ void BM_torch(benchmark::State& st) {
   auto seq_logps = [&](const torch::Tensor& logits) {
     return (torch::log_softmax(logits, -1).gather(-1, labels).view({kSeqs, kLen}) * mask).sum(-1);
   };
-  double loss_v = 0.0;
-  for (auto _ : st) {
+  const double loss = losskit_bench::time_torch_backward(st, policy, [&] {
     const auto pi = seq_logps(policy);
     torch::Tensor rho;
     {
@@ -267,34 +244,26 @@ void BM_torch(benchmark::State& st) {
     }
     const auto h = kBeta * ((pi.slice(0, 0, kPairs) - rho.slice(0, 0, kPairs)) -
                             (pi.slice(0, kPairs, kSeqs) - rho.slice(0, kPairs, kSeqs)));
-    auto loss = -torch::log_sigmoid(h).mean();
-    loss.backward();
-    loss_v = loss.item<double>();
-    benchmark::DoNotOptimize(policy.grad().data_ptr());
-    policy.mutable_grad().reset();
-  }
-  set_counters(st, loss_v);
+    return -torch::log_sigmoid(h).mean();
+  });
+  set_counters(st, loss);
 }
 #endif
 
-void shape(benchmark::internal::Benchmark* b, std::initializer_list<int> threads) {
-  b->ArgNames({"rows", "cols", "threads"});
-  for (int th : threads) b->Args({kRows, kVocab, th});
-  b->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(0.05);
-}
-void both(benchmark::internal::Benchmark* b) { shape(b, {1, 2}); }
-void single(benchmark::internal::Benchmark* b) { shape(b, {1}); }
+// The arguments rows / cols name the one shape (bench/report.py reads them); only threads varies.
+const std::vector<losskit_bench::Shape> kShape{{kRows, kVocab}};
 
 const int registered = [] {
-  benchmark::RegisterBenchmark("floor", BM_floor)->Apply(both);
-  benchmark::RegisterBenchmark("dpo/losskit", BM_losskit, Variant::reuse_lse)->Apply(both);
-  benchmark::RegisterBenchmark("dpo_recompute/losskit", BM_losskit, Variant::recompute)->Apply(both);
-  benchmark::RegisterBenchmark("dpo_inplace/losskit", BM_losskit, Variant::inplace)->Apply(both);
-  benchmark::RegisterBenchmark("dpo_onecall/losskit", BM_losskit, Variant::one_call)->Apply(both);
-  benchmark::RegisterBenchmark("dpo_unscaled/losskit", BM_unscaled)->Apply(both);
-  benchmark::RegisterBenchmark("dpo/eigen", BM_eigen)->Apply(single);
+  using losskit_bench::register_grid;
+  register_grid("floor", kShape, {1, 2}, BM_floor);
+  register_grid("dpo/losskit", kShape, {1, 2}, BM_losskit, Variant::reuse_lse);
+  register_grid("dpo_recompute/losskit", kShape, {1, 2}, BM_losskit, Variant::recompute);
+  register_grid("dpo_inplace/losskit", kShape, {1, 2}, BM_losskit, Variant::inplace);
+  register_grid("dpo_onecall/losskit", kShape, {1, 2}, BM_losskit, Variant::one_call);
+  register_grid("dpo_unscaled/losskit", kShape, {1, 2}, BM_unscaled);
+  register_grid("dpo/eigen", kShape, {1}, BM_eigen);
 #if LOSSKIT_HAVE_TORCH
-  benchmark::RegisterBenchmark("dpo/torch", BM_torch)->Apply(both);
+  register_grid("dpo/torch", kShape, {1, 2}, BM_torch);
 #endif
   return 0;
 }();

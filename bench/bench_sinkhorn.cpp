@@ -15,10 +15,10 @@
 //   build/release/bench/bench_sinkhorn --benchmark_counters_tabular=true
 //   python3 bench/bench_pot.py            # POT side (OMP/MKL/OPENBLAS threads forced to 1)
 
+#include "bench_support.hpp"
+
 #include <losskit/transport/sinkd.hpp>
 #include <losskit/transport/sinkhorn.hpp>
-
-#include <benchmark/benchmark.h>
 
 #include "../tests/reference_vectors.hpp"
 
@@ -110,11 +110,7 @@ const Logits& logits() {
   static const Logits l = [] {
     Logits x{losskit::RowMatrixXf(64, 32000), losskit::RowMatrixXf(64, 32000), losskit::RowMatrixXf(64, 32000)};
     std::mt19937 rng(7);
-    std::normal_distribution<float> nd(0.f, 3.f);
-    for (Eigen::Index i = 0; i < x.s.size(); ++i) {
-      x.s.data()[i] = nd(rng);
-      x.t.data()[i] = nd(rng);
-    }
+    losskit_bench::fill_normal(rng, {&x.s, &x.t});  // as the other benchmarks' logits
     return x;
   }();
   return l;

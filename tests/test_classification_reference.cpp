@@ -17,17 +17,15 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <fstream>
 #include <map>
-#include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
 
 using Catch::Matchers::WithinAbs;
 using Catch::Matchers::WithinRel;
-using losskit_test::detail::parse_error;
 using losskit_test::detail::TokenLine;
 
 template <class T>
@@ -57,69 +55,48 @@ struct Record {
 };
 
 std::vector<Record> load_records() {
-  const std::string path = losskit_test::test_data_path("reference/classification_refs.txt");
-  std::ifstream file(path);
-  if (!file) throw std::runtime_error("cannot open reference file '" + path + "'");
-  std::vector<Record> out;
-  std::string text;
-  int line = 0;
-  long declared = -1;
-  while (std::getline(file, text)) {
-    ++line;
-    if (text.empty() || text[0] == '#') continue;
-    TokenLine tok(text, path, line);
-    const std::string key = tok.word();
-    if (key == "cases") {
-      declared = tok.integer();
-    } else if (key == "case") {
-      Record r;
-      r.id = tok.integer();
-      r.kernel = tok.word();
-      r.rows = tok.integer();
-      r.cols = tok.integer();
-      r.scale = tok.number();
-      r.reduction = tok.word();
-      out.push_back(std::move(r));
-    } else if (key == "end") {
-      if (out.empty() || out.back().steps.empty()) parse_error(path, line, "record without steps");
+  auto on_case = [](TokenLine& tok) {
+    Record r;
+    r.id = tok.integer();
+    r.kernel = tok.word();
+    r.rows = tok.integer();
+    r.cols = tok.integer();
+    r.scale = tok.number();
+    r.reduction = tok.word();
+    return r;
+  };
+  auto on_field = [](TokenLine& tok, const std::string& key, Record& r) {
+    if (key == "param") {
+      const std::string name = tok.word();
+      r.params[name] = tok.number();
+    } else if (key == "labels") {
+      for (int i = 0; i < r.rows; ++i) r.labels.push_back(tok.integer());
+    } else if (key == "step") {
+      Step s;
+      if (tok.integer() != int(r.steps.size())) tok.fail("steps out of order");
+      s.seed = tok.u64();
+      s.hash = tok.u64();
+      r.steps.push_back(s);
+    } else if (r.steps.empty()) {
+      tok.fail("'" + key + "' before 'step'");
+    } else if (key == "ids") {
+      for (int i = 0; i < r.rows; ++i) r.steps.back().ids.push_back(tok.integer());
+    } else if (key == "value") {
+      r.steps.back().value = tok.number();
+    } else if (key == "grad") {
+      r.steps.back().grad = tok.numbers(std::size_t(r.rows) * std::size_t(r.cols));
+    } else if (key == "state") {
+      const std::size_t n = std::size_t(r.param("num_samples"));
+      r.steps.back().state = tok.numbers(r.kernel == "elr" ? n * std::size_t(r.cols) : n);
     } else {
-      if (out.empty()) parse_error(path, line, "'" + key + "' outside a record");
-      Record& r = out.back();
-      auto numbers = [&](std::size_t n) {
-        std::vector<double> v(n);
-        for (double& x : v) x = tok.number();
-        return v;
-      };
-      if (key == "param") {
-        const std::string name = tok.word();
-        r.params[name] = tok.number();
-      } else if (key == "labels") {
-        for (int i = 0; i < r.rows; ++i) r.labels.push_back(tok.integer());
-      } else if (key == "step") {
-        Step s;
-        if (tok.integer() != int(r.steps.size())) parse_error(path, line, "steps out of order");
-        s.seed = tok.u64();
-        s.hash = tok.u64();
-        r.steps.push_back(s);
-      } else if (r.steps.empty()) {
-        parse_error(path, line, "'" + key + "' before 'step'");
-      } else if (key == "ids") {
-        for (int i = 0; i < r.rows; ++i) r.steps.back().ids.push_back(tok.integer());
-      } else if (key == "value") {
-        r.steps.back().value = tok.number();
-      } else if (key == "grad") {
-        r.steps.back().grad = numbers(std::size_t(r.rows) * std::size_t(r.cols));
-      } else if (key == "state") {
-        const std::size_t n = std::size_t(r.param("num_samples"));
-        r.steps.back().state = numbers(r.kernel == "elr" ? n * std::size_t(r.cols) : n);
-      } else {
-        parse_error(path, line, "unknown key '" + key + "'");
-      }
+      tok.fail("unknown key '" + key + "'");
     }
-    tok.expect_end();
-  }
-  if (declared < 0 || std::size_t(declared) != out.size()) parse_error(path, line, "record count mismatch");
-  return out;
+  };
+  auto on_end = [](TokenLine& tok, const Record& r) {
+    if (r.steps.empty()) tok.fail("record without steps");
+  };
+  return losskit_test::read_records(losskit_test::test_data_path("reference/classification_refs.txt"), on_case,
+                                    on_field, on_end);
 }
 
 const std::vector<Record>& records() {
@@ -127,15 +104,10 @@ const std::vector<Record>& records() {
   return r;
 }
 
+// The accuracy contract (reference_vectors.hpp) and the state tolerance.
 template <class T>
-struct Tol;
-template <>
-struct Tol<double> {
-  static constexpr double value_rel = 1e-10, value_abs = 1e-12, grad_abs = 1e-10, state_rel = 1e-12;
-};
-template <>
-struct Tol<float> {
-  static constexpr double value_rel = 2e-5, value_abs = 1e-6, grad_abs = 1e-6, state_rel = 1e-6;
+struct Tol : losskit_test::ReferenceTolerance<T> {
+  static constexpr double state_rel = std::is_same_v<T, float> ? 1e-6 : 1e-12;
 };
 
 template <class T>

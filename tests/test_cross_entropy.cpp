@@ -25,18 +25,11 @@ using Catch::Matchers::WithinRel;
 using losskit::CrossEntropyOptions;
 using losskit::Reduction;
 using lktest::ld;
+using lktest::out_of_range_of;
 using lktest::RowMatrix;
 
 template <class T>
-struct Tol;
-template <>
-struct Tol<double> {
-  static constexpr double value_rel = 1e-10, value_abs = 1e-12, grad_abs = 1e-10;
-};
-template <>
-struct Tol<float> {
-  static constexpr double value_rel = 2e-5, value_abs = 1e-6, grad_abs = 1e-6;
-};
+using Tol = losskit_test::ReferenceTolerance<T>;
 
 template <class T>
 void check_value(double got, double want) {
@@ -122,16 +115,14 @@ std::vector<double> class_weights(Eigen::Index cols, std::uint64_t seed) {
 
 // ---- PyTorch reference vectors -----------------------------------------------------------------
 
-struct CeRecord {
-  int id = 0, rows = 0, cols = 0;
+struct CeRecord : losskit_test::LossRecord {
+  int id = 0;
   std::uint64_t seed_x = 0, seed_y = 0, seed_w = 0, hash = 0;
   double scale = 0, eps = 0, z_loss = 0, softcap = 0;
   std::string reduction;
   std::vector<int> ignored;
-  double value = 0, z = 0, accuracy = 0;
-  std::vector<double> lse, per_row, grad;
-  double grad_sum = 0, grad_abs_sum = 0, grad_dot = 0;
-  std::vector<losskit_test::GradSample> samples;
+  double z = 0, accuracy = 0;
+  std::vector<double> lse;
 
   std::string describe() const {
     std::string s = "case " + std::to_string(id) + " " + std::to_string(rows) + "x" + std::to_string(cols) + " " +
@@ -143,80 +134,38 @@ struct CeRecord {
 };
 
 std::vector<CeRecord> load_records() {
-  const std::string path = losskit_test::test_data_path("reference/cross_entropy_refs.txt");
-  std::ifstream file(path);
-  if (!file) throw std::runtime_error("cannot open reference file '" + path + "'");
-  std::vector<CeRecord> out;
-  long declared = -1;
-  std::string text;
-  int line = 0;
-  while (std::getline(file, text)) {
-    ++line;
-    if (text.empty() || text[0] == '#') continue;
-    losskit_test::detail::TokenLine tok(text, path, line);
-    const std::string key = tok.word();
-    if (key == "cases") {
-      declared = tok.integer();
-    } else if (key == "case") {
-      CeRecord r;
-      r.id = tok.integer();
-      r.rows = tok.integer();
-      r.cols = tok.integer();
-      r.seed_x = tok.u64();
-      r.seed_y = tok.u64();
-      r.seed_w = tok.u64();
-      r.scale = tok.number();
-      r.reduction = tok.word();
-      r.eps = tok.number();
-      r.z_loss = tok.number();
-      r.softcap = tok.number();
-      const int n = tok.integer();
-      for (int k = 0; k < n; ++k) r.ignored.push_back(tok.integer());
-      out.push_back(r);
-    } else if (key == "end") {
-      continue;
-    } else {
-      if (out.empty()) losskit_test::detail::parse_error(path, line, "'" + key + "' outside a record");
-      CeRecord& r = out.back();
-      const auto list = [&](std::vector<double>& v, std::size_t n) {
-        v.resize(n);
-        for (double& x : v) x = tok.number();
-      };
-      if (key == "inputs") {
-        r.hash = tok.u64();
-      } else if (key == "value") {
-        r.value = tok.number();
-      } else if (key == "z_loss") {
-        r.z = tok.number();
-      } else if (key == "accuracy") {
-        r.accuracy = tok.number();
-      } else if (key == "lse") {
-        list(r.lse, std::size_t(r.rows));
-      } else if (key == "per_row") {
-        list(r.per_row, std::size_t(r.rows));
-      } else if (key == "grad_full") {
-        list(r.grad, std::size_t(r.rows) * std::size_t(r.cols));
-      } else if (key == "grad_summary") {
-        r.grad_sum = tok.number();
-        r.grad_abs_sum = tok.number();
-        r.grad_dot = tok.number();
-        const int n = tok.integer();
-        for (int k = 0; k < n; ++k) {
-          losskit_test::GradSample s;
-          s.row = tok.integer();
-          s.col = tok.integer();
-          s.value = tok.number();
-          r.samples.push_back(s);
-        }
-      } else {
-        losskit_test::detail::parse_error(path, line, "unknown key '" + key + "'");
-      }
-    }
-    tok.expect_end();
-  }
-  if (declared < 0 || std::size_t(declared) != out.size())
-    losskit_test::detail::parse_error(path, line, "record count does not match the 'cases' line");
-  return out;
+  using losskit_test::detail::TokenLine;
+  auto on_case = [](TokenLine& tok) {
+    CeRecord r;
+    r.id = tok.integer();
+    r.rows = tok.integer();
+    r.cols = tok.integer();
+    r.seed_x = tok.u64();
+    r.seed_y = tok.u64();
+    r.seed_w = tok.u64();
+    r.scale = tok.number();
+    r.reduction = tok.word();
+    r.eps = tok.number();
+    r.z_loss = tok.number();
+    r.softcap = tok.number();
+    for (int n = tok.integer(); n > 0; --n) r.ignored.push_back(tok.integer());
+    return r;
+  };
+  auto on_field = [](TokenLine& tok, const std::string& key, CeRecord& r) {
+    if (r.read_loss_field(tok, key)) return;
+    if (key == "inputs")
+      r.hash = tok.u64();
+    else if (key == "z_loss")
+      r.z = tok.number();
+    else if (key == "accuracy")
+      r.accuracy = tok.number();
+    else if (key == "lse")
+      r.lse = tok.numbers(std::size_t(r.rows));
+    else
+      tok.fail("unknown key '" + key + "'");
+  };
+  return losskit_test::read_records(losskit_test::test_data_path("reference/cross_entropy_refs.txt"), on_case,
+                                    on_field);
 }
 
 const std::vector<CeRecord>& records() {
@@ -266,7 +215,7 @@ void check_record(const CeRecord& r) {
     }
   }
   const double tol = Tol<T>::grad_abs;
-  if (!r.grad.empty()) {
+  if (r.full_grad) {
     double worst = 0;
     std::size_t at = 0;
     for (std::size_t i = 0; i < r.grad.size(); ++i) {
@@ -279,34 +228,15 @@ void check_record(const CeRecord& r) {
     INFO("worst gradient entry " << at);
     CHECK_THAT(double(g.data()[at]), WithinAbs(r.grad[at], tol));
   } else {
-    double sum = 0, abs_sum = 0, dot = 0;
-    for (int i = 0; i < r.rows; ++i)
-      for (int j = 0; j < r.cols; ++j) {
-        const double v = double(g(i, j));
-        sum += v;
-        abs_sum += std::fabs(v);
-        dot += v * losskit_test::symmetric_uniform(losskit_test::DivergenceRecord::weight_seed,
-                                                   std::uint64_t(i) * std::uint64_t(r.cols) + std::uint64_t(j));
-      }
-    CHECK_THAT(sum, WithinAbs(r.grad_sum, tol) || WithinRel(r.grad_sum, tol));
-    CHECK_THAT(abs_sum, WithinAbs(r.grad_abs_sum, tol) || WithinRel(r.grad_abs_sum, tol));
-    CHECK_THAT(dot, WithinAbs(r.grad_dot, tol) || WithinRel(r.grad_dot, tol));
+    const auto got = losskit_test::grad_sums(g.data(), std::size_t(r.rows), std::size_t(r.cols));
+    CHECK_THAT(got.sum, WithinAbs(r.grad_sum, tol) || WithinRel(r.grad_sum, tol));
+    CHECK_THAT(got.abs_sum, WithinAbs(r.grad_abs_sum, tol) || WithinRel(r.grad_abs_sum, tol));
+    CHECK_THAT(got.dot, WithinAbs(r.grad_dot, tol) || WithinRel(r.grad_dot, tol));
     for (const auto& s : r.samples) {
       INFO("gradient entry (" << s.row << ", " << s.col << ")");
       CHECK_THAT(double(g(s.row, s.col)), WithinAbs(s.value, tol));
     }
   }
-}
-
-// The message of the std::out_of_range that fn() throws, or "no exception".
-template <class Fn>
-std::string out_of_range_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const std::out_of_range& e) {
-    return e.what();
-  }
-  return "no exception";
 }
 
 // The loss as a function of double logits, for central differences; the value is multiplied by

@@ -70,15 +70,7 @@ KernelFn<T> find_kernel(const std::string& name) {
 }
 
 template <class T>
-struct Tolerance;
-template <>
-struct Tolerance<double> {
-  static constexpr double value_rel = 1e-10, value_abs = 1e-12, grad_abs = 1e-10;
-};
-template <>
-struct Tolerance<float> {
-  static constexpr double value_rel = 2e-5, value_abs = 1e-6, grad_abs = 1e-6;
-};
+using Tolerance = losskit_test::ReferenceTolerance<T>;  // the accuracy contract (see the top of the file)
 
 template <class T>
 Mat<T> make_logits(std::uint64_t seed, const DivergenceRecord& r) {
@@ -123,29 +115,21 @@ void check_full_grad(const Mat<T>& grad, const DivergenceRecord& r) {
 
 template <class T>
 void check_grad_summary(const Mat<T>& grad, const DivergenceRecord& r) {
-  double sum = 0.0, abs_sum = 0.0, dot = 0.0;
-  for (int i = 0; i < r.rows; ++i)
-    for (int j = 0; j < r.cols; ++j) {
-      const double g = double(grad(i, j));
-      const std::uint64_t k = std::uint64_t(i) * std::uint64_t(r.cols) + std::uint64_t(j);
-      sum += g;
-      abs_sum += std::abs(g);
-      dot += g * losskit_test::symmetric_uniform(DivergenceRecord::weight_seed, k);
-    }
+  const losskit_test::GradSums got = losskit_test::grad_sums(grad.data(), std::size_t(r.rows), std::size_t(r.cols));
   // Per-entry tolerance times max(1, sum |g|): see the top of the file. Still far stricter than
   // the rows * cols * tolerance the per-entry contract allows.
   const double entry = Tolerance<T>::grad_abs, tol = entry * std::max(1.0, r.grad_abs_sum);
   {
     INFO("sum of the gradient");
-    CHECK_THAT(sum, WithinAbs(r.grad_sum, tol) || WithinRel(r.grad_sum, tol));
+    CHECK_THAT(got.sum, WithinAbs(r.grad_sum, tol) || WithinRel(r.grad_sum, tol));
   }
   {
     INFO("sum of |gradient|");
-    CHECK_THAT(abs_sum, WithinAbs(r.grad_abs_sum, tol) || WithinRel(r.grad_abs_sum, tol));
+    CHECK_THAT(got.abs_sum, WithinAbs(r.grad_abs_sum, tol) || WithinRel(r.grad_abs_sum, tol));
   }
   {
     INFO("gradient . w");
-    CHECK_THAT(dot, WithinAbs(r.grad_dot, tol) || WithinRel(r.grad_dot, tol));
+    CHECK_THAT(got.dot, WithinAbs(r.grad_dot, tol) || WithinRel(r.grad_dot, tol));
   }
   for (const auto& s : r.samples) {
     INFO("gradient entry (" << s.row << ", " << s.col << ")");

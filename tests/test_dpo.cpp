@@ -425,3 +425,134 @@ TEST_CASE("dpo: argument errors name the function, the argument and the value", 
   o.normalizer = -1;
   check_throws([&] { losskit::dpo(b.pc, b.pr, b.rc, b.rr, o); }, {"'normalizer' must be >= 0"});
 }
+
+TEST_CASE("dpo: options that no selected loss type reads are rejected, naming the option and the types",
+          "[dpo][errors]") {
+  // TRL warns and ignores label_smoothing here; losskit refuses a setting that would do nothing.
+  const Batch b = small_batch(4, 3, 5.0);
+  using preftest::check_throws;
+  auto fails = [&](const DpoOptions& o, std::vector<std::string> fragments) {
+    fragments.push_back("losskit::dpo: ");
+    check_throws([&] { run(b, o); }, fragments);
+  };
+  DpoOptions o;
+  o.label_smoothing = 0.1;  // sigmoid without conservative_sigmoid
+  fails(o, {"'label_smoothing' is 0.1, but none of the selected loss types (sigmoid) reads it",
+            "conservative_sigmoid"});
+  for (DpoLoss t : {DpoLoss::hinge, DpoLoss::ipo, DpoLoss::nca_pair, DpoLoss::bco_pair, DpoLoss::sppo_hard,
+                    DpoLoss::apo_zero, DpoLoss::apo_down, DpoLoss::discopop, DpoLoss::sigmoid_norm, DpoLoss::sft}) {
+    CAPTURE(losskit::dpo_loss_name(t));
+    o.loss_types = {t};
+    fails(o, {"'label_smoothing' is 0.1", std::string("(") + losskit::dpo_loss_name(t) + ") reads it"});
+  }
+  o.loss_types = {DpoLoss::hinge, DpoLoss::sft};
+  fails(o, {"(hinge, sft)"});
+  o = {};
+  o.loss_types = {DpoLoss::hinge, DpoLoss::ipo};
+  o.conservative_sigmoid = true;
+  fails(o, {"'conservative_sigmoid' is true, but loss type 'sigmoid' is not selected (loss_types: hinge, ipo)"});
+  o = {};
+  o.discopop_tau = 0.5;
+  fails(o, {"'discopop_tau' is 0.5, but loss type 'discopop' is not selected (loss_types: sigmoid)", "0.05"});
+  o = {};
+  o.loss_types = {DpoLoss::sigmoid, DpoLoss::nca_pair};
+  o.bco_pair_delta = 0.3;
+  fails(o, {"'bco_pair_delta' is 0.3, but loss type 'bco_pair' is not selected (loss_types: sigmoid, nca_pair)"});
+
+  SECTION("accepted when one selected type reads the option; the value is the same as with it alone") {
+    for (DpoLoss t : {DpoLoss::robust, DpoLoss::exo_pair, DpoLoss::aot, DpoLoss::aot_unpaired}) {
+      CAPTURE(losskit::dpo_loss_name(t));
+      DpoOptions a;
+      a.loss_types = {DpoLoss::hinge, t};
+      a.label_smoothing = 0.1;
+      DpoOptions h, single = a;
+      h.loss_types = {DpoLoss::hinge};
+      single.loss_types = {t};
+      CHECK_THAT(run(b, a).value, Catch::Matchers::WithinRel(run(b, h).value + run(b, single).value, 1e-14));
+    }
+    DpoOptions c;
+    c.conservative_sigmoid = true;  // cDPO with e = 0 is plain sigmoid
+    CHECK(run(b, c).value == run(b, {}).value);
+    c = {};
+    c.loss_types = {DpoLoss::sigmoid, DpoLoss::discopop, DpoLoss::bco_pair};
+    c.discopop_tau = 0.5;
+    c.bco_pair_delta = -0.2;
+    CHECK(std::isfinite(run(b, c).value));
+    // Explicitly set to the default: indistinguishable from unset, accepted.
+    c = {};
+    c.discopop_tau = 0.05;
+    c.bco_pair_delta = 0.0;
+    c.label_smoothing = 0.0;
+    CHECK(run(b, c).value == run(b, {}).value);
+  }
+}
+
+TEST_CASE("dpo: discopop at h = -1e4 for tau >= 1: finite where the exact gradient is, else exactly +-inf",
+          "[dpo][extreme][discopop]") {
+  // One pair with h = beta (D_w - D_l) = h0 (beta 0.1, D_l = 0).
+  auto at = [](double h0, double tau) {
+    VectorXd pc(1), z = VectorXd::Zero(1);
+    pc << h0 / 0.1;
+    DpoOptions o;
+    o.loss_types = {DpoLoss::discopop};
+    o.discopop_tau = tau;
+    return losskit::dpo(pc, z, z, z, o);
+  };
+  // Reference in long double from the definition L = (1 - m) sp(-h) + m e^-h, m = s(h / tau), with
+  // log m = -sp(-h / tau) so that m e^-h = e^(log m - h) does not overflow:
+  //   dL/dh = m (1 - m) / tau (e^-h - sp(-h)) - (1 - m) s(-h) - m e^-h.
+  auto reference = [](long double h, long double tau, long double& grad) {
+    auto spl = [](long double x) { return x > 0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); };
+    const long double lm = -spl(-h / tau), m = std::exp(lm), m1 = 1 - m, me = std::exp(lm - h);
+    const long double sp = spl(-h), s_neg = 1 / (1 + std::exp(h));
+    grad = m1 / tau * me - m * m1 / tau * sp - m1 * s_neg - me;
+    return m1 * sp + me;
+  };
+  SECTION("tau = 1 and tau slightly above 1: value and gradient finite and exact") {
+    // m e^-h = e^(-h (1 - 1/tau)) comes from log s(h / tau) - h: the rounding of h / tau (~1e4 ulp)
+    // puts ~1e-12 into it, hence 1e-11.
+    for (double tau : {1.0, 1.0001, 1.001}) {
+      CAPTURE(tau);
+      long double g = 0;
+      const double want = double(reference(-1e4L, tau, g));
+      const auto r = at(-1e4, tau);
+      CHECK(std::isfinite(r.value));
+      CHECK_THAT(r.value, Catch::Matchers::WithinRel(want, 1e-11));
+      CHECK_THAT(r.d_policy_chosen[0], Catch::Matchers::WithinRel(0.1 * double(g), 1e-11));
+      CHECK_THAT(r.d_policy_rejected[0], Catch::Matchers::WithinRel(-0.1 * double(g), 1e-11));
+    }
+    CHECK_THAT(at(-1e4, 1.0).value, Catch::Matchers::WithinRel(1e4 + 1, 1e-15));  // sp(1e4) + 1
+    CHECK_THAT(at(-1e4, 1.0).d_policy_chosen[0], Catch::Matchers::WithinRel(-0.1, 1e-15));  // beta dL/dh, dL/dh = -1
+  }
+  SECTION("tau > 1: value +inf, gradient -inf / +inf (it overflows too), never NaN") {
+    for (double tau : {1.5, 2.0, 10.0}) {
+      CAPTURE(tau);
+      const auto r = at(-1e4, tau);
+      CHECK(r.value == HUGE_VAL);
+      CHECK(r.d_policy_chosen[0] == -HUGE_VAL);
+      CHECK(r.d_policy_rejected[0] == HUGE_VAL);
+      const auto p = at(1e4, tau);  // the other end: m = 1, everything vanishes
+      CHECK(p.value == 0.0);
+      CHECK(p.d_policy_chosen[0] == 0.0);
+    }
+  }
+  SECTION("tau > 1 where the exact values are representable: against the reference, and central differences") {
+    for (double h0 : {-300.0, -20.0, -1.0, 3.0}) {
+      long double g = 0;
+      const double want = double(reference(h0, 2.0L, g));
+      CAPTURE(h0);
+      const auto r = at(h0, 2.0);
+      CHECK_THAT(r.value, Catch::Matchers::WithinRel(want, 1e-12));
+      CHECK_THAT(r.d_policy_chosen[0], Catch::Matchers::WithinRel(0.1 * double(g), 1e-12));
+    }
+    const Batch b = small_batch(6, 31, 8.0);
+    for (double tau : {1.0, 2.0, 5.0}) {
+      CAPTURE(tau);
+      DpoOptions o;
+      o.loss_types = {DpoLoss::discopop};
+      o.discopop_tau = tau;
+      o.beta = 0.7;
+      fd_check(b, o);
+    }
+  }
+}

@@ -139,3 +139,29 @@ TEST_CASE("kto: errors", "[kto][errors]") {
   w.undesirable_weight = -1;
   check_throws([&] { losskit::kto(pc, pr, pc, pr, w); }, {"'undesirable_weight' must be finite and >= 0"});
 }
+
+TEST_CASE("kto: apo_zero_unpaired rejects a reference point it would ignore", "[kto][errors]") {
+  VectorXd pc = VectorXd::Constant(3, -5), pr = VectorXd::Constant(2, -6), rc = VectorXd::Constant(3, -4.5),
+           rr = VectorXd::Constant(2, -6.5);
+  using preftest::check_throws;
+  KtoOptions o;
+  o.loss_type = KtoLoss::apo_zero_unpaired;
+  const double value = losskit::kto(pc, pr, rc, rr, o).value;  // no reference point: fine
+  o.z0 = 0.3;
+  check_throws([&] { losskit::kto(pc, pr, rc, rr, o); },
+               {"losskit::kto: 'z0' is given, but loss_type 'apo_zero_unpaired' has no reference point"});
+  o.z0 = 0.0;  // even the value it uses: it is still not read
+  check_throws([&] { losskit::kto(pc, pr, rc, rr, o); }, {"'z0' is given", "apo_zero_unpaired"});
+  o.z0.reset();
+  std::vector<double> kp{-5, -6}, kr{-5.5, -6};
+  o.kl_policy = kp;
+  check_throws([&] { losskit::kto(pc, pr, rc, rr, o); }, {"'kl_policy' is given", "apo_zero_unpaired"});
+  o.kl_reference = kr;
+  check_throws([&] { losskit::kto(pc, pr, rc, rr, o); }, {"'kl_policy' is given", "apo_zero_unpaired"});
+  o.kl_policy = {};
+  check_throws([&] { losskit::kto(pc, pr, rc, rr, o); }, {"'kl_reference' is given", "apo_zero_unpaired"});
+  // The same options with loss_type kto use them.
+  o.kl_policy = kp;
+  o.loss_type = KtoLoss::kto;
+  CHECK(losskit::kto(pc, pr, rc, rr, o).value != value);
+}

@@ -11,7 +11,8 @@
 // Layout: chosen then rejected completions stacked in one logits matrix (TRL's concatenated
 // forward), sequences of different lengths, the first rows of each sequence are prompt rows with
 // loss mask 0, and one completion row has the ignore_index target. Also: extreme margins through the
-// composition, an all-masked completion, and argument errors the per-loss tests do not cover.
+// composition, an all-masked completion (an error by default, sum 0 with allow_empty_sequences),
+// and argument errors the per-loss tests do not cover.
 
 #include <losskit/losskit.hpp>
 
@@ -132,14 +133,14 @@ struct Composed {
 
 // Central differences of the composed function, with the backward recomputing the row statistics
 // and reusing the forward's; the gradient is exactly 0 on rows that are not counted and not 0
-// everywhere (a flat loss would pass vacuously). check_gradient_fd's fixed step (1e-6) leaves a
-// rounding error of about 1e-10 |value| in each difference, against its floor of 1e-2: the
-// tolerance grows with |value| (ipo's values reach ~100).
+// everywhere (a flat loss would pass vacuously). The step is 1e-4 (logits of size ~3): the
+// default 1e-6 leaves a rounding error of about 1e-16 |value| / 3e-6 in each difference, which
+// reaches the tolerance 1e-6 (relative, floor 1e-2) once |value| is ~100 (ipo: worst 1.9e-6 at
+// step 1e-6, 1.9e-7 at 1e-5, 1.8e-8 at 1e-4, where the h^2 truncation error is still smaller).
 void check_end_to_end(const Batch& b, const SequenceLogprobOptions& o, const SeqLoss& loss) {
   Composed c(b, o, loss);
   Matrix g(b.policy.rows(), b.policy.cols());
   const double value = c(b.policy, &g);
-  const double tol = 1e-6 * std::max(1.0, std::fabs(value));
   for (Eigen::Index r = 0; r < g.rows(); ++r)
     if (!counted(b, r)) {
       CAPTURE(r);
@@ -149,7 +150,7 @@ void check_end_to_end(const Batch& b, const SequenceLogprobOptions& o, const Seq
   for (bool reuse : {false, true}) {
     CAPTURE(reuse, o.temperature, value);
     c.reuse_forward = reuse;
-    lktest::check_gradient_fd(c, b.policy, tol);
+    lktest::check_gradient_fd(c, b.policy, 1e-6, 1e-4);
   }
 }
 
@@ -352,25 +353,41 @@ TEST_CASE("end to end: a completion whose loss mask is all zero", "[preference][
   Batch b = pairs(17, 505u);
   // Chosen sequence 1 (rows 6..9): every row masked.
   for (std::size_t r = 6; r < 10; ++r) b.mask[r] = 0.0;
-  const SequenceLogprobOptions o;
+  using preftest::check_throws;
+
+  SECTION("rejected by sequence_logprobs (default), naming the sequence and its rows") {
+    // Its sum would be 0 = log-prob 0 (probability 1): dpo on sums would give the pair a non-zero
+    // loss and send gradient to rejected sequence 1 (the other sequence of the pair).
+    SequenceLogprobOptions o;
+    o.loss_mask = b.mask;
+    check_throws([&] { losskit::sequence_logprobs(b.policy, b.targets, b.layout, o); },
+                 {"losskit::sequence_logprobs:", "sequence 1 has no counted tokens (all masked or ignore_index: rows [6, 10))",
+                  "'allow_empty_sequences'"});
+    check_throws([&] { losskit::sequence_logprobs(b.policy, b.reference, b.targets, b.layout, o); },
+                 {"sequence 1 has no counted tokens"});
+    Matrix g = Matrix::Constant(b.policy.rows(), b.policy.cols(), 7.0);
+    check_throws([&] { losskit::sequence_logprobs_backward(b.policy, b.targets, b.layout, VectorXd::Ones(6), g, o); },
+                 {"losskit::sequence_logprobs_backward:", "sequence 1 has no counted tokens"});
+    CHECK(g.cwiseAbs().minCoeff() == 7.0);  // untouched
+  }
+
+  SequenceLogprobOptions o;
+  o.allow_empty_sequences = true;
   const Composed c(b, o, {});
   const Seqs s = c.seqs(b.policy);
-  // sequence_logprobs (documented): sum 0, 0 tokens, not an error.
-  CHECK(s.pc[1] == 0.0);
-  CHECK(s.nc[1] == 0.0);
-  CHECK(s.rc[1] == 0.0);
-
-  SECTION("summed-log-prob losses: finite, and no gradient reaches the masked rows") {
-    // The pair still counts, with log-prob 0 for both models (D_w = 0): the preference losses on
-    // sums neither reject the sequence nor drop the pair (see dpo.hpp / preference_common.hpp).
+  SECTION("allow_empty_sequences: sum 0 and 0 tokens; the summed-log-prob losses see log-prob 0") {
+    CHECK(s.pc[1] == 0.0);
+    CHECK(s.nc[1] == 0.0);
+    CHECK(s.rc[1] == 0.0);
+    // The pair still counts, with log-prob 0 for both models (D_w = 0): finite, and no gradient
+    // reaches the masked rows (dropping the pair is the caller's job: s.nc[1] == 0 tells).
     check_end_to_end(b, o, dpo_loss({}));
   }
-  SECTION("length-normalised losses reject it, naming the argument and the index") {
+  SECTION("allow_empty_sequences: the length-normalised losses reject it, naming the argument and the index") {
     DpoOptions d;
     d.loss_types = {DpoLoss::ipo};
     d.chosen_lengths = s.nc;
     d.rejected_lengths = s.nr;
-    using preftest::check_throws;
     check_throws([&] { losskit::dpo(s.pc, s.pr, s.rc, s.rr, d); },
                  {"losskit::dpo", "'chosen_lengths' is 0 at index 1"});
     d.loss_types = {DpoLoss::sigmoid_norm};
@@ -408,7 +425,9 @@ TEST_CASE("end to end: extreme margins (|h| >= 1e4) give finite losses and logit
       DpoOptions d;
       d.loss_types = {t};
       d.beta = beta;
-      d.label_smoothing = 0.1;
+      const bool smoothed = t == DpoLoss::sigmoid || t == DpoLoss::robust || t == DpoLoss::exo_pair ||
+                            t == DpoLoss::aot || t == DpoLoss::aot_unpaired;
+      d.label_smoothing = smoothed ? 0.1 : 0.0;  // the others reject it
       d.conservative_sigmoid = t == DpoLoss::sigmoid;
       finite(dpo_loss(d));
     }

@@ -14,10 +14,11 @@
 
 #include <cmath>
 #include <cstdint>
-#include <fstream>
 #include <limits>
+#include <map>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -31,13 +32,6 @@ using ld = long double;
 
 // ---- reference records ---------------------------------------------------------------------------
 
-struct GradRef {
-  bool full = false;
-  std::vector<double> g;  // full
-  double sum = 0, abs_sum = 0, dot = 0;
-  std::vector<losskit_test::GradSample> samples;
-};
-
 struct SeqRecord {
   int id = 0, rows = 0, cols = 0;
   std::uint64_t seed_z = 0, seed_a = 0, hash_z = 0, hash_a = 0;
@@ -47,75 +41,46 @@ struct SeqRecord {
   std::vector<double> sum, mean, tokens, ref_sum, kl_sum;
   std::vector<double> token_logp, ref_token_logp, token_entropy, token_kl;
   std::vector<double> d_sum, d_token, d_kl;
-  GradRef grad_seq, grad_tok;
+  losskit_test::GradReference grad_seq, grad_tok;
 };
 
 std::vector<SeqRecord> load_records() {
-  namespace d = losskit_test::detail;
-  const std::string path = losskit_test::test_data_path("reference/sequence_logprobs_refs.txt");
-  std::ifstream file(path);
-  if (!file) throw std::runtime_error("cannot open reference file '" + path + "'");
-  std::vector<SeqRecord> out;
-  std::string text;
-  int line = 0;
-  long declared = -1;
-  while (std::getline(file, text)) {
-    ++line;
-    if (text.empty() || text[0] == '#') continue;
-    d::TokenLine tok(text, path, line);
-    const std::string key = tok.word();
-    auto numbers = [&](std::size_t n) {
-      std::vector<double> v(n);
-      for (double& x : v) x = tok.number();
-      return v;
-    };
-    auto grad = [&](GradRef& g, bool full) {
-      const auto& r = out.back();
-      g.full = full;
-      if (full) {
-        g.g = numbers(std::size_t(r.rows) * std::size_t(r.cols));
-        return;
-      }
-      g.sum = tok.number();
-      g.abs_sum = tok.number();
-      g.dot = tok.number();
-      const int n = tok.integer();
-      for (int k = 0; k < n; ++k) {
-        losskit_test::GradSample s;
-        s.row = tok.integer();
-        s.col = tok.integer();
-        s.value = tok.number();
-        g.samples.push_back(s);
-      }
-    };
-    if (key == "cases") {
-      declared = tok.integer();
-      tok.expect_end();
-      continue;
-    }
-    if (key == "case") {
-      SeqRecord r;
-      r.id = tok.integer();
-      r.rows = tok.integer();
-      r.cols = tok.integer();
-      r.seed_z = tok.u64();
-      r.seed_a = tok.u64();
-      r.scale = tok.number();
-      r.temperature = tok.number();
-      out.push_back(std::move(r));
-      tok.expect_end();
-      continue;
-    }
-    if (out.empty()) d::parse_error(path, line, "'" + key + "' before the first case");
-    SeqRecord& r = out.back();
+  using losskit_test::detail::TokenLine;
+  auto on_case = [](TokenLine& tok) {
+    SeqRecord r;
+    r.id = tok.integer();
+    r.rows = tok.integer();
+    r.cols = tok.integer();
+    r.seed_z = tok.u64();
+    r.seed_a = tok.u64();
+    r.scale = tok.number();
+    r.temperature = tok.number();
+    return r;
+  };
+  auto on_field = [](TokenLine& tok, const std::string& key, SeqRecord& r) {
     const std::size_t rows = std::size_t(r.rows), B = r.offsets.empty() ? 0 : r.offsets.size() - 1;
-    if (key == "end") continue;
-    if (key == "inputs") {
+    // Vectors of B (per sequence) or rows (per token) values, by key.
+    const std::map<std::string, std::pair<std::vector<double>*, std::size_t>> lists{
+        {"sum", {&r.sum, B}},
+        {"mean", {&r.mean, B}},
+        {"tokens", {&r.tokens, B}},
+        {"ref_sum", {&r.ref_sum, B}},
+        {"kl_sum", {&r.kl_sum, B}},
+        {"d_sum", {&r.d_sum, B}},
+        {"token_logp", {&r.token_logp, rows}},
+        {"ref_token_logp", {&r.ref_token_logp, rows}},
+        {"token_entropy", {&r.token_entropy, rows}},
+        {"token_kl", {&r.token_kl, rows}},
+        {"d_token", {&r.d_token, rows}},
+        {"d_kl", {&r.d_kl, rows}},
+    };
+    if (const auto it = lists.find(key); it != lists.end()) {
+      *it->second.first = tok.numbers(it->second.second);
+    } else if (key == "inputs") {
       r.hash_z = tok.u64();
       r.hash_a = tok.u64();
     } else if (key == "offsets") {
-      const int n = tok.integer();
-      for (int k = 0; k < n; ++k) r.offsets.push_back(tok.integer());
+      for (int n = tok.integer(); n > 0; --n) r.offsets.push_back(tok.integer());
     } else if (key == "targets") {
       for (std::size_t k = 0; k < rows; ++k) r.targets.push_back(tok.integer());
     } else if (key == "mask") {
@@ -124,41 +89,16 @@ std::vector<SeqRecord> load_records() {
         r.mask.push_back(std::stod(first));
         for (std::size_t k = 1; k < rows; ++k) r.mask.push_back(tok.number());
       }
-    } else if (key == "sum") {
-      r.sum = numbers(B);
-    } else if (key == "mean") {
-      r.mean = numbers(B);
-    } else if (key == "tokens") {
-      r.tokens = numbers(B);
-    } else if (key == "ref_sum") {
-      r.ref_sum = numbers(B);
-    } else if (key == "kl_sum") {
-      r.kl_sum = numbers(B);
-    } else if (key == "token_logp") {
-      r.token_logp = numbers(rows);
-    } else if (key == "ref_token_logp") {
-      r.ref_token_logp = numbers(rows);
-    } else if (key == "token_entropy") {
-      r.token_entropy = numbers(rows);
-    } else if (key == "token_kl") {
-      r.token_kl = numbers(rows);
-    } else if (key == "d_sum") {
-      r.d_sum = numbers(B);
-    } else if (key == "d_token") {
-      r.d_token = numbers(rows);
-    } else if (key == "d_kl") {
-      r.d_kl = numbers(rows);
     } else if (key == "grad_seq_full" || key == "grad_seq_summary") {
-      grad(r.grad_seq, key == "grad_seq_full");
+      r.grad_seq.read(tok, key == "grad_seq_full", r.rows, r.cols);
     } else if (key == "grad_tok_full" || key == "grad_tok_summary") {
-      grad(r.grad_tok, key == "grad_tok_full");
+      r.grad_tok.read(tok, key == "grad_tok_full", r.rows, r.cols);
     } else {
-      d::parse_error(path, line, "unknown key '" + key + "'");
+      tok.fail("unknown key '" + key + "'");
     }
-    tok.expect_end();
-  }
-  if (declared < 0 || std::size_t(declared) != out.size()) throw std::runtime_error(path + ": wrong number of records");
-  return out;
+  };
+  return losskit_test::read_records(losskit_test::test_data_path("reference/sequence_logprobs_refs.txt"), on_case,
+                                    on_field);
 }
 
 const std::vector<SeqRecord>& records() {
@@ -177,11 +117,12 @@ RowMatrix<T> reference_matrix(std::uint64_t seed, int rows, int cols, double sca
 
 template <class T>
 double value_tol(double want) {
-  return std::is_same_v<T, float> ? std::max(1e-6, 2e-5 * std::fabs(want)) : std::max(1e-12, 1e-10 * std::fabs(want));
+  using Tol = losskit_test::ReferenceTolerance<T>;
+  return std::max(Tol::value_abs, Tol::value_rel * std::fabs(want));
 }
 template <class T>
 double grad_tol() {
-  return std::is_same_v<T, float> ? 1e-6 : 1e-10;
+  return losskit_test::ReferenceTolerance<T>::grad_abs;
 }
 
 template <class T>
@@ -194,28 +135,22 @@ void check_values(const char* what, const Eigen::VectorXd& got, const std::vecto
 }
 
 template <class T>
-void check_grad(const char* what, const RowMatrix<T>& g, const GradRef& ref) {
+void check_grad(const char* what, const RowMatrix<T>& g, const losskit_test::GradReference& ref) {
   const double tol = grad_tol<T>();
   CAPTURE(what);
-  if (ref.full) {
+  if (ref.full_grad) {
     double worst = 0;
     for (Eigen::Index i = 0; i < g.size(); ++i)
-      worst = std::max(worst, std::fabs(double(g.data()[i]) - ref.g[std::size_t(i)]));
+      worst = std::max(worst, std::fabs(double(g.data()[i]) - ref.grad[std::size_t(i)]));
     CAPTURE(worst);
     CHECK(worst <= tol);
     return;
   }
-  ld sum = 0, abs_sum = 0, dot = 0;
-  for (Eigen::Index i = 0; i < g.size(); ++i) {
-    const ld v = g.data()[i];
-    sum += v;
-    abs_sum += std::fabs(v);
-    dot += v * ld(losskit_test::symmetric_uniform(12345, std::uint64_t(i)));
-  }
-  CAPTURE(double(sum), ref.sum, double(abs_sum), ref.abs_sum, double(dot), ref.dot);
-  CHECK(std::fabs(double(sum) - ref.sum) <= tol * std::max(1.0, std::fabs(ref.sum)));
-  CHECK(std::fabs(double(abs_sum) - ref.abs_sum) <= tol * std::max(1.0, ref.abs_sum));
-  CHECK(std::fabs(double(dot) - ref.dot) <= tol * std::max(1.0, std::fabs(ref.dot)));
+  const auto got = losskit_test::grad_sums(g.data(), std::size_t(g.rows()), std::size_t(g.cols()));
+  CAPTURE(got.sum, ref.grad_sum, got.abs_sum, ref.grad_abs_sum, got.dot, ref.grad_dot);
+  CHECK(std::fabs(got.sum - ref.grad_sum) <= tol * std::max(1.0, std::fabs(ref.grad_sum)));
+  CHECK(std::fabs(got.abs_sum - ref.grad_abs_sum) <= tol * std::max(1.0, ref.grad_abs_sum));
+  CHECK(std::fabs(got.dot - ref.grad_dot) <= tol * std::max(1.0, std::fabs(ref.grad_dot)));
   for (const auto& s : ref.samples) {
     CAPTURE(s.row, s.col);
     CHECK(std::fabs(double(g(s.row, s.col)) - s.value) <= tol);
@@ -282,6 +217,7 @@ TEMPLATE_TEST_CASE("sequence_logprobs: values and gradients match PyTorch float6
     o.loss_mask = rec.mask;
     o.per_token = true;
     o.entropy = true;
+    o.allow_empty_sequences = true;  // some records have empty and all-masked sequences
 
     const SequenceLogprobs f = losskit::sequence_logprobs(z, a, rec.targets, layout, o);
     check_values<T>("sum", f.sum, rec.sum);
@@ -334,6 +270,7 @@ TEST_CASE("sequence_logprobs_backward: central differences through f = sum_b c_b
     for (std::size_t r = 0; r < mask.size(); ++r) mask[r] = 0.25 + 0.5 * double(r % 3);
   SequenceLogprobOptions o;
   o.temperature = temperature;
+  o.allow_empty_sequences = true;  // sequence 1 of the 7-row layout is empty
   if (mask_kind != 0) o.loss_mask = mask;
   Eigen::VectorXd c(layout.sequences());
   for (Eigen::Index b = 0; b < c.size(); ++b) c[b] = 0.7 - 0.9 * double(b);
@@ -414,6 +351,7 @@ TEMPLATE_TEST_CASE("sequence_logprobs: masks, ignore_index, weights, empty and a
   o.loss_mask = mask;
   o.per_token = true;
   o.temperature = 1.3;
+  o.allow_empty_sequences = true;  // else sequences 1 and 3 are errors (see the section below)
   const auto layout = SequenceLayout::offsets({0, 4, 4, 5, 7, 8});  // 5 sequences, one empty
   const auto f = losskit::sequence_logprobs(z, y, layout, o);
   // Per-row references: w_t = mask, 0 where the target is ignore_index.
@@ -464,6 +402,39 @@ TEMPLATE_TEST_CASE("sequence_logprobs: masks, ignore_index, weights, empty and a
     d0[0] = 0.0;
     losskit::sequence_logprobs_backward(z, y, layout, d0, g, o, f);
     for (Eigen::Index r : {0, 1, 2, 3}) CHECK(g.row(r).cwiseAbs().maxCoeff() == T(0));
+  }
+  SECTION("without allow_empty_sequences (the default) such sequences are errors, naming them") {
+    // A loss on summed log-probs would read their sum 0 as log-prob 0 (probability 1).
+    o.allow_empty_sequences = false;
+    const auto no_empty = SequenceLayout::offsets({0, 4, 5, 7, 8});  // sequence 2 = rows 5, 6
+    const Eigen::VectorXd d4 = d.head(4);
+    bool oor = false;
+    g.setConstant(T(7));
+    auto errors = [&](const SequenceLayout& l, const Eigen::VectorXd& dl, const char* what) {
+      CAPTURE(what);
+      const std::string fwd = error_of([&] { losskit::sequence_logprobs(z, y, l, o); }, oor);
+      CAPTURE(fwd);
+      CHECK(has(fwd, "losskit::sequence_logprobs: "));
+      CHECK(has(fwd, what));
+      CHECK(has(fwd, "'allow_empty_sequences'"));
+      CHECK(has(error_of([&] { losskit::sequence_logprobs(z, z, y, l, o); }, oor), what));
+      const std::string bwd = error_of([&] { losskit::sequence_logprobs_backward(z, y, l, dl, g, o); }, oor);
+      CAPTURE(bwd);
+      CHECK(has(bwd, "losskit::sequence_logprobs_backward: "));
+      CHECK(has(bwd, what));
+      CHECK(!oor);
+      CHECK(g.cwiseAbs().minCoeff() == T(7));  // untouched
+    };
+    errors(layout, d, "sequence 1 has no counted tokens (it has no rows: the layout gives it [4, 4))");
+    // Rows 5 (mask 0, ignore_index) and 6 (ignore_index).
+    errors(no_empty, d4, "sequence 2 has no counted tokens (all masked or ignore_index: rows [5, 7))");
+    // One counted row, however small its weight, is enough.
+    std::vector<float> tiny = mask;
+    tiny[6] = 1e-30f;
+    o.loss_mask = tiny;
+    auto y6 = y;
+    y6[6] = 3;
+    CHECK(losskit::sequence_logprobs(z, y6, no_empty, o).tokens[2] == double(1e-30f));
   }
   SECTION("uint8 and double masks are the same as float") {
     const std::vector<std::uint8_t> m8{1, 0, 1, 1, 1, 0, 1, 1};

@@ -25,11 +25,10 @@ struct SinkdCase {
 };
 
 const std::vector<SinkdCase>& cases() {
-  static const std::vector<SinkdCase> all = [] {
-    std::vector<SinkdCase> out;
-    losskit_test::read_reference_lines("reference/sinkd_refs.txt", [&](losskit_test::detail::TokenLine& tok,
-                                                                      const std::string& key) {
-      if (key == "case") {
+  using losskit_test::detail::TokenLine;
+  static const std::vector<SinkdCase> all = losskit_test::read_records(
+      losskit_test::test_data_path("reference/sinkd_refs.txt"),
+      [](TokenLine& tok) {
         SinkdCase c;
         c.id = tok.integer();
         c.form = tok.word();
@@ -42,16 +41,16 @@ const std::vector<SinkdCase>& cases() {
         c.scale = tok.number();
         c.seed_s = tok.u64();
         c.seed_t = tok.u64();
-        out.push_back(c);
-      } else if (key == "value") {
-        out.back().value = tok.number();
-      } else if (key == "grad") {
-        out.back().grad.resize(std::size_t(out.back().rows) * std::size_t(out.back().cols));
-        for (double& g : out.back().grad) g = tok.number();
-      }
-    });
-    return out;
-  }();
+        return c;
+      },
+      [](TokenLine& tok, const std::string& key, SinkdCase& c) {
+        if (key == "value")
+          c.value = tok.number();
+        else if (key == "grad")
+          c.grad = tok.numbers(std::size_t(c.rows) * std::size_t(c.cols));
+        else
+          tok.fail("unknown key '" + key + "'");
+      });
   return all;
 }
 

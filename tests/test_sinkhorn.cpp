@@ -44,36 +44,28 @@ struct SinkhornCase {
 };
 
 std::vector<SinkhornCase> load_cases() {
-  std::vector<SinkhornCase> out;
-  losskit_test::read_reference_lines("reference/sinkhorn_refs.txt", [&](losskit_test::detail::TokenLine& tok,
-                                                                       const std::string& key) {
-    if (key == "cases" || key == "end") return;
-    if (key == "case") {
-      SinkhornCase c;
-      c.id = tok.integer();
-      c.kind = tok.word();
-      c.n = tok.integer();
-      c.m = tok.integer();
-      c.eps = tok.number();
-      c.scale = tok.number();
-      c.offset = tok.number();
-      c.tol = tok.number();
-      c.max_iter = tok.integer();
-      c.seed_c = tok.u64();
-      c.seed_a = tok.u64();
-      c.seed_b = tok.u64();
-      c.zero_a = tok.integer() != 0;
-      c.reg = tok.word();
-      c.reg_m_a = tok.number();
-      c.reg_m_b = tok.number();
-      out.push_back(c);
-      return;
-    }
-    SinkhornCase& c = out.back();
-    auto list = [&](std::vector<double>& v, std::size_t k) {
-      v.resize(k);
-      for (double& x : v) x = tok.number();
-    };
+  using losskit_test::detail::TokenLine;
+  auto on_case = [](TokenLine& tok) {
+    SinkhornCase c;
+    c.id = tok.integer();
+    c.kind = tok.word();
+    c.n = tok.integer();
+    c.m = tok.integer();
+    c.eps = tok.number();
+    c.scale = tok.number();
+    c.offset = tok.number();
+    c.tol = tok.number();
+    c.max_iter = tok.integer();
+    c.seed_c = tok.u64();
+    c.seed_a = tok.u64();
+    c.seed_b = tok.u64();
+    c.zero_a = tok.integer() != 0;
+    c.reg = tok.word();
+    c.reg_m_a = tok.number();
+    c.reg_m_b = tok.number();
+    return c;
+  };
+  auto on_field = [](TokenLine& tok, const std::string& key, SinkhornCase& c) {
     if (key == "iterations") {
       c.iterations = tok.integer();
       c.err = tok.number();
@@ -84,22 +76,15 @@ std::vector<SinkhornCase> load_cases() {
       c.objective_other = tok.number();
       c.has_other = true;
     } else if (key == "f") {
-      list(c.f, std::size_t(c.n));
+      c.f = tok.numbers(std::size_t(c.n));
     } else if (key == "g") {
-      list(c.g, std::size_t(c.m));
+      c.g = tok.numbers(std::size_t(c.m));
     } else if (key == "plan") {
-      list(c.plan, std::size_t(c.n) * std::size_t(c.m));
+      c.plan = tok.numbers(std::size_t(c.n) * std::size_t(c.m));
     } else if (key == "plan_summary") {
       c.plan_sum = tok.number();
       c.plan_dot = tok.number();
-      const int k = tok.integer();
-      for (int s = 0; s < k; ++s) {
-        losskit_test::GradSample g;
-        g.row = tok.integer();
-        g.col = tok.integer();
-        g.value = tok.number();
-        c.samples.push_back(g);
-      }
+      c.samples = tok.samples(c.n, c.m);
     } else if (key == "plain") {
       c.has_plain = true;
       c.plain_zeros = tok.integer();
@@ -107,10 +92,10 @@ std::vector<SinkhornCase> load_cases() {
       c.plain_bad = tok.integer();
       c.plain_err = tok.number();
     } else {
-      throw std::runtime_error("sinkhorn_refs.txt: unknown key " + key);
+      tok.fail("unknown key '" + key + "'");
     }
-  });
-  return out;
+  };
+  return losskit_test::read_records(losskit_test::test_data_path("reference/sinkhorn_refs.txt"), on_case, on_field);
 }
 
 const std::vector<SinkhornCase>& cases() {

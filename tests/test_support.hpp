@@ -226,10 +226,13 @@ void divergence_common(const DivFn<T>& fn, const DivFn<double>& fnd, const DivFn
 }
 
 // Central differences in double of any scalar loss of one matrix: fn(x, grad_or_null) returns
-// the value and, given a gradient output, writes its analytic gradient there. Same step and
-// tolerance as check_gradient_fd; entries of x that are not finite are skipped.
+// the value and, given a gradient output, writes its analytic gradient there. Step
+// h = step * max(1, |x|) (default 1e-6); requires |analytic - numeric| <= tol max(1e-2, |numeric|)
+// at every entry. Rounding leaves about 1e-16 |value| / h in each difference: a loss with large
+// values needs a larger step rather than a looser tolerance. Entries of x that are not finite are
+// skipped.
 using MatrixFn = std::function<double(const RowMatrix<double>&, RowMatrix<double>*)>;
-inline void check_gradient_fd(const MatrixFn& fn, const RowMatrix<double>& x, double tol = 1e-6) {
+inline void check_gradient_fd(const MatrixFn& fn, const RowMatrix<double>& x, double tol = 1e-6, double step = 1e-6) {
   RowMatrix<double> g(x.rows(), x.cols());
   fn(x, &g);
   RowMatrix<double> w = x;
@@ -238,7 +241,7 @@ inline void check_gradient_fd(const MatrixFn& fn, const RowMatrix<double>& x, do
   for (Eigen::Index r = 0; r < x.rows(); ++r)
     for (Eigen::Index c = 0; c < x.cols(); ++c) {
       if (!std::isfinite(x(r, c))) continue;
-      const double h = 1e-6 * std::max(1.0, std::fabs(x(r, c)));
+      const double h = step * std::max(1.0, std::fabs(x(r, c)));
       w(r, c) = x(r, c) + h;
       const double fp = fn(w, nullptr);
       w(r, c) = x(r, c) - h;
@@ -252,7 +255,7 @@ inline void check_gradient_fd(const MatrixFn& fn, const RowMatrix<double>& x, do
         wc = c;
       }
     }
-  CAPTURE(x.rows(), x.cols(), wr, wc, g(wr, wc), worst);
+  CAPTURE(x.rows(), x.cols(), step, wr, wc, g(wr, wc), worst);
   CHECK(worst <= tol);
 }
 

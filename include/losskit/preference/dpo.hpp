@@ -22,10 +22,14 @@
 //   aot_unpaired  cdpo_e(beta (D_w(k) - D_l(k))), D_w and D_l sorted separately (TRL's old aot_pair)
 //   apo_zero      1 - s(r_w) + s(r_l)
 //   apo_down      s(r_w) + 1 - s(h)
-//   discopop      (1 - m) sp(-h) + m e^-h,  m = s(h / tau), tau = discopop_tau; m e^-h and
-//                 m (1 - m) e^-h are evaluated as exp(log s(h/tau) [+ log s(-h/tau)] - h), finite for
-//                 every finite h when tau < 1 (for tau >= 1 and h -> -inf the loss itself overflows);
+//   discopop      (1 - m) sp(-h) + m e^-h,  m = s(h / tau), tau = discopop_tau;
 //                 d/dh = m (1 - m) / tau (e^-h - sp(-h)) - (1 - m) s(-h) - m e^-h
+//                      = m e^-h ((1 - tau) - m) / tau - m (1 - m) sp(-h) / tau - (1 - m) s(-h)   (used),
+//                 with m e^-h = exp(log s(h/tau) - h) (no 1 * inf, no inf - inf). tau <= 1: value and
+//                 gradient finite for every finite h (tau = 1: L -> sp(-h) + 1, d/dh -> -1 as h -> -inf).
+//                 tau > 1: m e^-h ~ e^(-h (1 - 1/tau)) is unbounded as h -> -inf and so is the gradient,
+//                 ~ (1/tau - 1) e^(-h (1 - 1/tau)); once that overflows (h = -1e4, tau = 2) the value is
+//                 +inf and d/dh = -inf exactly: d/dpi_w = -inf, d/dpi_l = +inf, never NaN
 //   sigmoid_norm  sp(-beta (D_w / n_w - D_l / n_l))        (length-normalised DPO)
 //   sft           NLL = -sum_i pi_w,i / sum_i n_w,i: the token-mean cross entropy of the chosen
 //                 completions over the batch, added to every pair (TRL broadcasts the scalar), so
@@ -42,13 +46,22 @@
 // d/dpi_w = beta dL/dh, d/dpi_l = -beta dL/dh.
 // Lengths: ipo and sigmoid_norm need chosen_lengths and rejected_lengths, every one > 0 (TRL clamps
 // a zero length to 1; we reject it: std::invalid_argument); sft and rpo_alpha need chosen_lengths
-// with a positive sum. Not implemented: TRL's f_divergence_type, ld_alpha (LD-DPO works on the
-// token log-probs: weight them in sequence_logprobs) and use_weighting (WPO).
+// with a positive sum; the lengths may be given with any loss type (checked, read only by those).
+// Options no selected loss type reads must stay at their DpoOptions{} defaults, else
+// std::invalid_argument naming the option and the selected loss types: label_smoothing (read by
+// robust, exo_pair, aot, aot_unpaired, and sigmoid with conservative_sigmoid), conservative_sigmoid
+// (sigmoid), discopop_tau (discopop), bco_pair_delta (bco_pair). TRL differs: its DPOTrainer only
+// warns about label_smoothing > 0 with hinge, ipo, bco_pair, sppo_hard, nca_pair, apo_zero or
+// apo_down, and ignores it. (An option set explicitly to its default value cannot be told from an
+// unset one, and is accepted.)
+// Not implemented: TRL's f_divergence_type, ld_alpha (LD-DPO works on the token log-probs: weight
+// them in sequence_logprobs) and use_weighting (WPO).
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "losskit/core/scalar_math.hpp"
@@ -101,9 +114,10 @@ struct DpoOptions {
   double beta = 0.1;
   std::vector<DpoLoss> loss_types{DpoLoss::sigmoid};  // TRL `loss_type` (a list); no duplicates
   std::vector<double> loss_weights{};                 // one per loss type; empty: 1 each
+  // The next four are type-specific: away from their defaults they need a loss type that reads them.
   double label_smoothing = 0.0;        // robust, exo_pair, aot, aot_unpaired (and sigmoid if conservative_sigmoid)
   bool conservative_sigmoid = false;   // cDPO: `sigmoid` uses label_smoothing (TRL <= 0.25); current TRL: off
-  double discopop_tau = 0.05;
+  double discopop_tau = 0.05;          // discopop
   double bco_pair_delta = 0.0;         // reward shift of bco_pair (0 in current TRL)
   double rpo_alpha = 0.0;              // + alpha * token-mean NLL of the chosen completions (needs chosen_lengths)
   double rpo_eta = 0.0;                // - eta * beta * pi_w per pair (Liu et al. official RPO, summed log-prob)
@@ -128,12 +142,12 @@ inline Term exo_term(double x, double e) {
 }
 
 inline Term discopop_term(double x, double tau) {
-  const double lm = log_sigmoid(x / tau), l1m = log_sigmoid(-x / tau);  // log m, log(1 - m)
+  const double m = sigmoid(x / tau), m1 = sigmoid(-x / tau);  // m, 1 - m
   const double sp = softplus(-x);
-  const double m_exp = std::exp(lm - x);                                // m e^-x
-  const double value = std::exp(l1m) * sp + m_exp;
-  const double grad =
-      (std::exp(lm + l1m - x) - sigmoid_grad(x / tau) * sp) / tau - std::exp(l1m) * sigmoid(-x) - m_exp;
+  const double m_exp = std::exp(log_sigmoid(x / tau) - x);    // m e^-x, never 1 * inf
+  const double value = m1 * sp + m_exp;
+  // m (1 - m) e^-x / tau - m e^-x as one product: no inf - inf when m e^-x overflows (tau > 1).
+  const double grad = m_exp * (((1.0 - tau) - m) / tau) - sigmoid_grad(x / tau) * sp / tau - m1 * sigmoid(-x);
   return {value, grad};
 }
 
@@ -156,7 +170,7 @@ inline void check_dpo_options(const char* fn, const DpoOptions& o) {
          o.loss_types.size(), ")");
   for (std::size_t k = 0; k < o.loss_weights.size(); ++k)
     if (!std::isfinite(o.loss_weights[k])) fail(fn, "'loss_weights' must be finite, got ", o.loss_weights[k], " at ", k);
-  bool uses_smoothing = o.conservative_sigmoid;
+  bool uses_smoothing = false, reads_smoothing = false;
   for (std::size_t k = 0; k < o.loss_types.size(); ++k) {
     const DpoLoss t = o.loss_types[k];
     if (int(t) < int(DpoLoss::sigmoid) || int(t) > int(DpoLoss::sft))
@@ -167,14 +181,36 @@ inline void check_dpo_options(const char* fn, const DpoOptions& o) {
              "); give each loss type once, with its weight in 'loss_weights'");
     if (t == DpoLoss::robust) check_in(fn, "label_smoothing (robust)", o.label_smoothing, 0.0, 0.5, false, true);
     if (t == DpoLoss::exo_pair) check_in(fn, "label_smoothing (exo_pair)", o.label_smoothing, 0.0, 1.0, true, true);
-    uses_smoothing |= t == DpoLoss::aot || t == DpoLoss::aot_unpaired;
+    uses_smoothing |= t == DpoLoss::aot || t == DpoLoss::aot_unpaired || (t == DpoLoss::sigmoid && o.conservative_sigmoid);
+    reads_smoothing |= t == DpoLoss::robust || t == DpoLoss::exo_pair;
   }
+  reads_smoothing |= uses_smoothing;
   if (uses_smoothing) check_in(fn, "label_smoothing", o.label_smoothing, 0.0, 1.0, false, false);
   check_positive(fn, "discopop_tau", o.discopop_tau);
   check_finite(fn, "bco_pair_delta", o.bco_pair_delta);
   if (!(o.rpo_alpha >= 0.0) || !std::isfinite(o.rpo_alpha)) fail(fn, "'rpo_alpha' must be finite and >= 0, got ", o.rpo_alpha);
   if (!(o.rpo_eta >= 0.0) || !std::isfinite(o.rpo_eta)) fail(fn, "'rpo_eta' must be finite and >= 0, got ", o.rpo_eta);
   check_reduction(fn, o);
+
+  // A type-specific option away from its default while no selected loss type reads it is an error
+  // (TRL warns and ignores it). The defaults are DpoOptions{}'s.
+  const DpoOptions def{};
+  std::string types;  // the selected loss types, for the messages
+  for (DpoLoss t : o.loss_types) types += (types.empty() ? "" : ", ") + std::string(dpo_loss_name(t));
+  auto selected = [&](DpoLoss t) { return std::find(o.loss_types.begin(), o.loss_types.end(), t) != o.loss_types.end(); };
+  if (o.label_smoothing != def.label_smoothing && !reads_smoothing)
+    fail(fn, "'label_smoothing' is ", o.label_smoothing, ", but none of the selected loss types (", types,
+         ") reads it (robust, exo_pair, aot, aot_unpaired do, and sigmoid with 'conservative_sigmoid'); set it to ",
+         def.label_smoothing);
+  if (o.conservative_sigmoid && !selected(DpoLoss::sigmoid))
+    fail(fn, "'conservative_sigmoid' is true, but loss type 'sigmoid' is not selected (loss_types: ", types,
+         "); set it to false");
+  if (o.discopop_tau != def.discopop_tau && !selected(DpoLoss::discopop))
+    fail(fn, "'discopop_tau' is ", o.discopop_tau, ", but loss type 'discopop' is not selected (loss_types: ", types,
+         "); leave it at ", def.discopop_tau);
+  if (o.bco_pair_delta != def.bco_pair_delta && !selected(DpoLoss::bco_pair))
+    fail(fn, "'bco_pair_delta' is ", o.bco_pair_delta, ", but loss type 'bco_pair' is not selected (loss_types: ", types,
+         "); leave it at ", def.bco_pair_delta);
 }
 
 }  // namespace detail

@@ -8,7 +8,8 @@
 //                dL/dpi = -lambda_D beta s'(beta (D - z0))
 //   undesirable  L = lambda_U (1 - s(beta (z0 - D))) = lambda_U s(beta (D - z0))
 //                dL/dpi =  lambda_U beta s'(beta (D - z0))
-// loss_type apo_zero_unpaired (TRL): the same with z0 = 0 (no reference point needed).
+// loss_type apo_zero_unpaired (TRL): the same with z0 = 0 (no reference point: giving z0,
+// kl_policy or kl_reference with it is an std::invalid_argument rather than silently ignored).
 // Value: the mean over all examples (TRL `losses.nanmean()` of the concatenation [desirable,
 // undesirable]; Liger divides the sum by the full batch size: the same).
 // The reference point z0 is a constant (detached):
@@ -36,6 +37,7 @@ struct KtoOptions {
   double desirable_weight = 1.0;
   double undesirable_weight = 1.0;
   KtoLoss loss_type = KtoLoss::kto;
+  // kto only (apo_zero_unpaired rejects them): z0, or kl_policy and kl_reference to estimate it.
   std::optional<double> z0{};  // the reference point, if the caller has it
   Values kl_policy{};          // else: summed log-probs of the mismatched completions under the policy
   Values kl_reference{};       // ... and under the reference model (same length)
@@ -61,8 +63,12 @@ inline UnpairedPreferenceResult kto(const Eigen::DenseBase<PC>& policy_chosen, c
     detail::fail(fn, "unknown 'loss_type' ", int(o.loss_type));
   detail::check_reduction(fn, o);
   double z0 = 0.0;
+  const bool estimate = !o.kl_policy.empty() || !o.kl_reference.empty();
+  if (o.loss_type == KtoLoss::apo_zero_unpaired && (o.z0 || estimate))
+    detail::fail(fn, "'", o.z0 ? "z0" : !o.kl_policy.empty() ? "kl_policy" : "kl_reference",
+                 "' is given, but loss_type 'apo_zero_unpaired' has no reference point (z0 = 0) and would ignore "
+                 "it; leave 'z0', 'kl_policy' and 'kl_reference' unset");
   if (o.loss_type == KtoLoss::kto) {
-    const bool estimate = !o.kl_policy.empty() || !o.kl_reference.empty();
     if (o.z0 && estimate) detail::fail(fn, "give either 'z0' or 'kl_policy' / 'kl_reference', not both");
     if (!o.z0 && !estimate)
       detail::fail(fn, "the reference point is missing: set 'z0', or 'kl_policy' and 'kl_reference' (the summed "

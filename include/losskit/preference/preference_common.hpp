@@ -13,6 +13,9 @@
 //   items (pairs, or examples for the unpaired losses) for `mean`, 1 for `sum` and `none`, or
 //   `normalizer` if > 0. Gradients are of `value`, times `grad_scale`. `per_row` holds each
 //   item's unscaled loss L_i for every reduction.
+// - A log-prob of 0 is taken at face value (probability 1): a sequence without counted tokens must
+//   not reach a loss on sums as 0, which is why sequence_logprobs rejects it by default (see its
+//   allow_empty_sequences); the length-normalised losses reject a length of 0.
 // - A batch with no pair (or no example) at all is an error, not NaN. NaN in an input propagates
 //   to the loss and gradient; +-inf log-probabilities give inf / NaN as the formulas do.
 // - Every argument is checked before anything is computed; errors throw std::invalid_argument
@@ -174,30 +177,46 @@ struct Term {
 };
 
 // The conservative (cDPO / label-smoothed) logistic loss (1 - e) sp(-x) + e sp(x), sp = softplus,
-// and its derivative e s(x) - (1 - e) s(-x): DPO sigmoid / aot, CPO sigmoid, SimPO.
+// and its derivative e s(x) - (1 - e) s(-x): DPO sigmoid / aot, CPO sigmoid, SimPO. A part with
+// weight 0 is left out, so x = +-inf (an overflowed AlphaPO margin) gives 0 or inf, not 0 * inf.
 inline Term cdpo_term(double x, double e) {
-  return {(1.0 - e) * softplus(-x) + e * softplus(x), e * sigmoid(x) - (1.0 - e) * sigmoid(-x)};
+  const double lose = e == 1.0 ? 0.0 : (1.0 - e) * softplus(-x), win = e == 0.0 ? 0.0 : e * softplus(x);
+  return {lose + win, e * sigmoid(x) - (1.0 - e) * sigmoid(-x)};
 }
 
-// Rewards, margins and accuracy of a paired result.
+// Rewards, margins and accuracy (the share of margins > 0, i.e. of chosen > rejected) of a paired
+// result. The margins are chosen - rejected unless given (cpo computes them where the rewards
+// themselves overflow).
 template <class Result>
-inline void set_rewards(Result& r, Eigen::VectorXd chosen, Eigen::VectorXd rejected) {
-  r.margins = chosen - rejected;
+inline void set_rewards(Result& r, Eigen::VectorXd chosen, Eigen::VectorXd rejected, Eigen::VectorXd margins) {
   Eigen::Index wins = 0;
-  for (Eigen::Index i = 0; i < chosen.size(); ++i) wins += chosen[i] > rejected[i];
-  r.accuracy = chosen.size() ? double(wins) / double(chosen.size()) : 0.0;
+  for (Eigen::Index i = 0; i < margins.size(); ++i) wins += margins[i] > 0.0;
+  r.accuracy = margins.size() ? double(wins) / double(margins.size()) : 0.0;
+  r.margins = std::move(margins);
   r.chosen_rewards = std::move(chosen);
   r.rejected_rewards = std::move(rejected);
+}
+template <class Result>
+inline void set_rewards(Result& r, Eigen::VectorXd chosen, Eigen::VectorXd rejected) {
+  Eigen::VectorXd margins = chosen - rejected;
+  set_rewards(r, std::move(chosen), std::move(rejected), std::move(margins));
 }
 
 // The end of every paired loss: rewards, margins, accuracy, the reduction, the gradients.
 template <class Options, class Result>
 inline void finish_paired(const Options& o, Result& res, Eigen::VectorXd chosen_rewards, Eigen::VectorXd rejected_rewards,
-                          Eigen::VectorXd loss, Eigen::VectorXd gw, Eigen::VectorXd gl) {
-  set_rewards(res, std::move(chosen_rewards), std::move(rejected_rewards));
+                          Eigen::VectorXd margins, Eigen::VectorXd loss, Eigen::VectorXd gw, Eigen::VectorXd gl) {
+  set_rewards(res, std::move(chosen_rewards), std::move(rejected_rewards), std::move(margins));
   reduce_items(o, res, std::move(loss), gw, gl);
   res.d_policy_chosen = std::move(gw);
   res.d_policy_rejected = std::move(gl);
+}
+template <class Options, class Result>
+inline void finish_paired(const Options& o, Result& res, Eigen::VectorXd chosen_rewards, Eigen::VectorXd rejected_rewards,
+                          Eigen::VectorXd loss, Eigen::VectorXd gw, Eigen::VectorXd gl) {
+  Eigen::VectorXd margins = chosen_rewards - rejected_rewards;
+  finish_paired(o, res, std::move(chosen_rewards), std::move(rejected_rewards), std::move(margins), std::move(loss),
+                std::move(gw), std::move(gl));
 }
 
 // The token-mean NLL of the chosen completions as a function of their summed log-probs:

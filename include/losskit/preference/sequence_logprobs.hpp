@@ -13,7 +13,7 @@
 // Row weights w_t = loss_mask[t] (1 without a mask), and 0 where y_t == ignore_index. Rows with
 // w_t = 0 are never read. Per sequence b (rows R_b given by the SequenceLayout):
 //   sum_b    = sum_{t in R_b} w_t logp_t        (TRL / Liger: summed completion log-probs)
-//   tokens_b = sum_{t in R_b} w_t               mean_b = sum_b / tokens_b   (0 when tokens_b = 0)
+//   tokens_b = sum_{t in R_b} w_t               mean_b = sum_b / tokens_b
 //   kl_sum_b = sum_{t in R_b} w_t k_t           ref_sum_b = sum_{t in R_b} w_t log rho_t(y_t)
 // The per-token outputs (token_logp, token_entropy, token_kl, ref_token_logp) are unweighted
 // values on rows with w_t != 0 and exactly 0 on the others.
@@ -41,8 +41,14 @@
 // Conventions: temperature divides the logits before the softmax (TRL's temperature-matched
 // log-probs); the reference logits are divided by the same T. -inf logits are legal (zero
 // probability, zero gradient); a target at a -inf logit gives logp = -inf. A row with NaN, +inf or
-// only -inf logits gives NaN. A sequence with no counted rows (all masked) has sum 0, mean 0,
-// tokens 0 and a zero gradient: it is not an error here (the preference losses decide).
+// only -inf logits gives NaN.
+// A sequence with no counted rows (tokens_b = 0: every row masked or ignore_index, or no rows at
+// all) is an error by default: sequence_logprobs and sequence_logprobs_backward throw
+// std::invalid_argument naming the function, the sequence and its rows. Its sum would be 0, which
+// a preference loss on summed log-probs reads as log-prob 0 (probability 1): a non-zero loss and a
+// gradient to the other sequence of its pair. With allow_empty_sequences = true such a sequence
+// has sum 0, mean 0, tokens 0 and a zero gradient instead (the caller then drops its pair, e.g.
+// by tokens_b = 0; the length-normalised losses reject a length of 0 themselves).
 // Reference: log_softmax(z / T).gather(-1, y) * mask summed per sequence (TRL
 // DPOTrainer / Liger LigerFusedLinearPreferenceBase); tests/reference/gen_sequence_logprobs_refs.py.
 
@@ -69,9 +75,10 @@
 namespace losskit {
 
 // Which rows of the logits form each sequence: either B + 1 offsets (sequence b covers rows
-// [offsets[b], offsets[b + 1]), offsets[0] = 0, non-decreasing, offsets[B] = rows; empty
-// sequences are allowed), or a fixed [batch, seq_len] shape (rows = batch * seq_len, sequence b
-// covers rows [b * seq_len, (b + 1) * seq_len)). Default: no sequences (0 rows).
+// [offsets[b], offsets[b + 1]), offsets[0] = 0, non-decreasing, offsets[B] = rows; an empty
+// sequence is a valid layout, but see allow_empty_sequences), or a fixed [batch, seq_len] shape
+// (rows = batch * seq_len, sequence b covers rows [b * seq_len, (b + 1) * seq_len)). Default: no
+// sequences (0 rows).
 struct SequenceLayout {
   static SequenceLayout offsets(std::vector<std::int64_t> offsets) {
     if (offsets.empty()) detail::fail("SequenceLayout::offsets", "needs at least one offset (B + 1 for B sequences)");
@@ -116,12 +123,16 @@ struct SequenceLogprobOptions {
   bool per_token = false;            // also return token_logp (and ref_token_logp)
   bool entropy = false;              // also return token_entropy
   int threads = 1;                   // 0: all hardware threads; results never depend on it
+  // A sequence with no counted rows (all masked or ignore_index, or empty): false (default) makes
+  // it an std::invalid_argument; true gives it sum 0, mean 0, tokens 0 and a zero gradient, which
+  // a loss on summed log-probs would read as log-prob 0 (see the top of this file).
+  bool allow_empty_sequences = false;
 };
 
 struct SequenceLogprobs {
   // Per sequence (length B).
   Eigen::VectorXd sum;     // sum_t w_t logp_t
-  Eigen::VectorXd mean;    // sum / tokens (0 for a sequence without counted rows)
+  Eigen::VectorXd mean;    // sum / tokens (0 for a sequence without counted rows: allow_empty_sequences)
   Eigen::VectorXd tokens;  // sum_t w_t (a count for 0/1 masks)
   Eigen::VectorXd ref_sum, ref_mean;  // the same for the reference logits (reference overload)
   Eigen::VectorXd kl_sum;             // sum_t w_t k_t (reference overload)
@@ -204,6 +215,22 @@ inline void check_layout(const char* fn, const SequenceLayout& l, std::ptrdiff_t
     fail(fn, "'layout' is ", l.sequences(), " x ", l.seq_len(), " = ", l.rows(), " rows, but 'logits' has ", rows,
          " rows");
   fail(fn, "'layout' offsets end at ", l.rows(), ", but 'logits' has ", rows, " rows");
+}
+
+// Every sequence of the layout has a counted row (w_t != 0), unless allow_empty_sequences.
+inline void check_counted(const char* fn, const SequenceLayout& l, const std::vector<double>& weight,
+                          const SequenceLogprobOptions& o) {
+  if (o.allow_empty_sequences) return;
+  for (std::int64_t q = 0; q < l.sequences(); ++q) {
+    const std::int64_t b = l.begin(q), e = l.end(q);
+    std::int64_t r = b;
+    while (r < e && weight[std::size_t(r)] == 0.0) ++r;
+    if (r < e) continue;
+    const char* fix = "; drop it, or set 'allow_empty_sequences' for sum 0, mean 0 and tokens 0";
+    if (b == e) fail(fn, "sequence ", q, " has no counted tokens (it has no rows: the layout gives it [", b, ", ", e, "))",
+                     fix);
+    fail(fn, "sequence ", q, " has no counted tokens (all masked or ignore_index: rows [", b, ", ", e, "))", fix);
+  }
 }
 
 template <class T, class G>
@@ -533,6 +560,7 @@ inline SequenceLogprobs sequence_logprobs_impl(const L& logits, const R* ref_log
   const char* fn = "sequence_logprobs";
   const auto call = make_seq_call(fn, logits, ref_logits, targets, o);
   check_layout(fn, layout, call.z.rows);
+  check_counted(fn, layout, call.weight, o);
   return run_forward(call, layout, o);
 }
 
@@ -543,6 +571,7 @@ inline void sequence_backward_impl(const L& logits, const R* ref_logits, const L
   const char* fn = "sequence_logprobs_backward";
   const auto call = make_seq_call(fn, logits, ref_logits, targets, o);
   check_layout(fn, layout, call.z.rows);
+  check_counted(fn, layout, call.weight, o);
   check_vector(fn, "d_sum", d_sum, layout.sequences(), "one per sequence of 'layout'");
   if (fwd) check_forward(fn, *fwd, call.z.rows, false, o);
   const auto gv = checked_grad(fn, grad, call);

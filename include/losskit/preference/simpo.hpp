@@ -33,7 +33,7 @@ inline PreferenceResult simpo(const Eigen::DenseBase<PC>& policy_chosen, const E
                               const Values& chosen_lengths, const Values& rejected_lengths,
                               const SimpoOptions& o = {}) {
   return detail::reference_free("simpo", policy_chosen, policy_rejected, chosen_lengths, rejected_lengths, o,
-                                {CpoLoss::simpo, true, o.gamma, "gamma", o.cpo_alpha, 0.0});
+                                {CpoLoss::simpo, true, o.gamma, "gamma", false, o.cpo_alpha, 0.0});
 }
 
 }  // namespace losskit
