@@ -58,8 +58,7 @@ def main(argv):
     print(f"host: {ctx.get('host_name', '?')}, {ctx.get('num_cpus', '?')} cpus, date {ctx.get('date', '?')}")
     head = ["kernel", "shape", "threads", "losskit ms", "floor ms", "losskit/floor", "eigen/losskit"]
     head += [f"{lab}/losskit" for lab in labels]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+    table = []
     for kern in kernels:
         for rows, cols, th in shapes:
             lk = t.get((kern, "losskit", rows, cols, th))
@@ -72,7 +71,13 @@ def main(argv):
             for tt in [t] + extra:
                 to = tt.get((kern, "torch", rows, cols, th))
                 row.append(f"{to / lk:.1f}x ({to:.0f} ms)" if to else "-")
-            print("| " + " | ".join(row) + " |")
+            table.append(row)
+    # Baseline columns without a single figure (e.g. a first file run without libtorch) are left out.
+    keep = [j for j in range(len(head)) if j < 6 or any(r[j] != "-" for r in table)]
+    print("| " + " | ".join(head[j] for j in keep) + " |")
+    print("|" + "---|" * len(keep))
+    for row in table:
+        print("| " + " | ".join(row[j] for j in keep) + " |")
     for lab, tt in zip(labels[1:], extra):
         fl = {k: v for k, v in tt.items() if k[0] == "floor"}
         print(f"\nfloor in the {lab} run: " + ", ".join(f"{k[2]}x{k[3]}/{k[4]}t {v:.1f} ms" for k, v in sorted(fl.items())))
