@@ -2,10 +2,10 @@
 //
 // A teacher (MLP 64-128-10) is trained on the hard labels; then two identical small students
 // (softmax regression on the 4x4 average-pooled image, 16 inputs) are trained: one on the hard
-// labels only, one on  alpha * CE(labels) + (1 - alpha) * T^2 KL(teacher/T || student/T).
-// Every loss and logits gradient comes from losskit in one call; the rest is plain Eigen.
-// Cross entropy against hard labels is kl_div with the labels given as log-probabilities
-// (0 at the label, -inf elsewhere): KL(onehot || q) = -log q_label.
+// labels only (losskit::cross_entropy), one on  alpha * CE(labels) + (1 - alpha) * T^2 KL(teacher/T ||
+// student/T)  (losskit::kd_loss, one call for both terms). Every loss and logits gradient comes from
+// losskit in one call; the rest is plain Eigen. With --divergence, the soft term is that
+// divergence instead of KL (cross_entropy + the divergence, two calls, gradients added).
 //
 //   distill_digits [path/to/digits.csv.gz] [--divergence kl|jsd|reverse_kl|tvd]
 
@@ -14,8 +14,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdint>
 #include <cstring>
-#include <limits>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -78,13 +78,6 @@ static RowMatrixXf pool(const RowMatrixXf& x) {
   return out;
 }
 
-// Hard labels as log-probabilities: 0 at the label, -inf elsewhere.
-static RowMatrixXf onehot_log(const std::vector<int>& y) {
-  RowMatrixXf m = RowMatrixXf::Constant(Eigen::Index(y.size()), 10, -std::numeric_limits<float>::infinity());
-  for (std::size_t i = 0; i < y.size(); ++i) m(Eigen::Index(i), y[i]) = 0.f;
-  return m;
-}
-
 static double accuracy(const RowMatrixXf& logits, const std::vector<int>& y) {
   int ok = 0;
   for (Eigen::Index n = 0; n < logits.rows(); ++n) {
@@ -142,6 +135,12 @@ static M take(const M& m, const std::vector<Eigen::Index>& idx) {
   return out;
 }
 
+static std::vector<std::int64_t> take(const std::vector<std::int64_t>& v, const std::vector<Eigen::Index>& idx) {
+  std::vector<std::int64_t> out;
+  for (const Eigen::Index i : idx) out.push_back(v[std::size_t(i)]);
+  return out;
+}
+
 static losskit::LossResult soft_loss(const std::string& kind, const RowMatrixXf& s, const RowMatrixXf& t,
                                      RowMatrixXf& g, const losskit::DivergenceOptions& o) {
   if (kind == "jsd") return losskit::jsd(s, t, g, o);
@@ -152,7 +151,7 @@ static losskit::LossResult soft_loss(const std::string& kind, const RowMatrixXf&
 
 int main(int argc, char** argv) {
   std::string path = std::string(LOSSKIT_SOURCE_DIR) + "/examples/data/digits.csv.gz";
-  std::string divergence = "kl";
+  std::string divergence;  // empty: kd_loss (cross entropy + T^2 KL in one call)
   for (int i = 1; i < argc; ++i) {
     if (std::string(argv[i]) == "--divergence" && i + 1 < argc)
       divergence = argv[++i];
@@ -171,11 +170,8 @@ int main(int argc, char** argv) {
   std::vector<int> ytr, yte;
   for (auto i : tr) ytr.push_back(all.y[std::size_t(i)]);
   for (auto i : te) yte.push_back(all.y[std::size_t(i)]);
-  const RowMatrixXf labels_tr = onehot_log(ytr);
+  const std::vector<std::int64_t> labels_tr(ytr.begin(), ytr.end());
   const RowMatrixXf ptr = pool(xtr), pte = pool(xte);
-
-  losskit::DivergenceOptions ce;  // cross entropy = KL(onehot || softmax(logits))
-  ce.teacher_input = losskit::Input::log_probs;
 
   // ---- teacher: 64 -> 128 (ReLU) -> 10, cross entropy --------------------------------------------
   std::mt19937 rng(1);
@@ -183,11 +179,11 @@ int main(int argc, char** argv) {
   Batches tb(xtr.rows(), 3);
   for (int epoch = 0; epoch < 60; ++epoch)
     tb.epoch(64, [&](const std::vector<Eigen::Index>& idx) {
-      const RowMatrixXf x = take(xtr, idx), lab = take(labels_tr, idx);
+      const RowMatrixXf x = take(xtr, idx);
       const RowMatrixXf h = l1.forward(x).cwiseMax(0.f);
       const RowMatrixXf z = l2.forward(h);
       RowMatrixXf g(z.rows(), z.cols());
-      losskit::kl_div(z, lab, g, ce);
+      losskit::cross_entropy(z, take(labels_tr, idx), g);
       RowMatrixXf gh = l2.backward(h, g, 0.05f);
       gh = (h.array() > 0.f).select(gh, 0.f);
       l1.backward(x, gh, 0.05f);
@@ -202,22 +198,31 @@ int main(int argc, char** argv) {
     std::mt19937 r(5);
     Dense lin(16, 10, r);
     Batches sb(ptr.rows(), 7);
-    losskit::DivergenceOptions kd;
-    kd.temperature = temperature;
-    kd.scale_by_t_squared = true;  // Hinton: keep the soft gradient's scale at T^2 * (1/T^2)
     double last = 0;
     for (int epoch = 0; epoch < 150; ++epoch)
       sb.epoch(64, [&](const std::vector<Eigen::Index>& idx) {
-        const RowMatrixXf x = take(ptr, idx), lab = take(labels_tr, idx), tz = take(teacher_tr, idx);
+        const RowMatrixXf x = take(ptr, idx), tz = take(teacher_tr, idx);
+        const std::vector<std::int64_t> lab = take(labels_tr, idx);
         const RowMatrixXf z = lin.forward(x);
-        RowMatrixXf g(z.rows(), z.cols()), gs(z.rows(), z.cols());
-        losskit::DivergenceOptions hard = ce;
-        hard.grad_scale = distill ? alpha : 1.0;
-        last = losskit::kl_div(z, lab, g, hard).value;
-        if (distill) {
-          kd.grad_scale = 1.0 - alpha;
-          last = alpha * last + (1 - alpha) * soft_loss(divergence, z, tz, gs, kd).value;
-          g += gs;
+        RowMatrixXf g(z.rows(), z.cols());
+        if (distill && divergence.empty()) {  // both terms and their gradient in one call
+          losskit::KdLossOptions kd;
+          kd.alpha = alpha;
+          kd.temperature = temperature;  // scale_by_t_squared is on by default (Hinton)
+          last = losskit::kd_loss(z, tz, lab, g, kd).value;
+        } else {
+          losskit::CrossEntropyOptions hard;
+          hard.grad_scale = distill ? alpha : 1.0;
+          last = losskit::cross_entropy(z, lab, g, hard).value;
+          if (distill) {
+            losskit::DivergenceOptions soft;
+            soft.temperature = temperature;
+            soft.scale_by_t_squared = true;  // Hinton: keep the soft gradient's scale
+            soft.grad_scale = 1.0 - alpha;
+            RowMatrixXf gs(z.rows(), z.cols());
+            last = alpha * last + (1 - alpha) * soft_loss(divergence, z, tz, gs, soft).value;
+            g += gs;
+          }
         }
         lin.backward(x, g, 0.1f);
       });
@@ -229,6 +234,6 @@ int main(int argc, char** argv) {
   std::printf("student  linear on 4x4 pooled pixels        test accuracy %.1f%%  (hard labels only)\n",
               100 * plain.first);
   std::printf("student  linear on 4x4 pooled pixels        test accuracy %.1f%%  (distilled: %.1f CE + %.1f T^2 %s, T = %.0f)\n",
-              100 * kd.first, alpha, 1 - alpha, divergence.c_str(), temperature);
+              100 * kd.first, alpha, 1 - alpha, divergence.empty() ? "kl (kd_loss)" : divergence.c_str(), temperature);
   return std::isfinite(kd.second) && std::isfinite(plain.second) ? 0 : 1;
 }
