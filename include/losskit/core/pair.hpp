@@ -7,8 +7,9 @@
 // A kernel runs three steps over a row:
 //   1. stats():   one pass over memory; per chunk, exps of both rows into scratch (es, et),
 //                 and optional sums of the kernel's own riding in the same loop.
-//   2. its own element pass, if any, over scratch and the rows (L2), which may overwrite et
-//      with its log-space gradient g_i = dL/dx_i.
+//   2. its own element pass, if any (element_pass(): the body gets q_i, p_i and x_i - y_i),
+//      over scratch and the rows (L2), which overwrites et with its log-space gradient
+//      g_i = dL/dx_i.
 //   3. write_grad(): the student gradient from g (log-space chain rule):
 //        logits:     dL/ds_j = (g_j - q_j * sum_i g_i) / T
 //        log_probs:  dL/ds_j = g_j
@@ -227,56 +228,38 @@ struct PairRow {
     stats<0>([](auto, std::size_t, const auto&, const auto&, const auto&, const auto&) { return std::array<int, 0>{}; });
   }
 
-  // x_i = s_i / T - lse_q and y_i = t_i / T - lse_p as V, for element passes.
-  template <class V>
-  V x(std::size_t i) const {
-    return simd::load<V>(s + i) * V(inv_t) - V(T(w.q.lse()));
-  }
-  template <class V>
-  V y(std::size_t i) const {
-    return simd::load<V>(t + i) * V(inv_t) - V(T(w.p.lse()));
-  }
-  // x_i - y_i = (s_i - t_i) / T - (lse_q - lse_p): the log-ratio without forming x and y,
-  // which would lose digits to the cancellation of two large logs.
-  template <class V>
-  V log_ratio(std::size_t i, T dlse) const {
-    return (simd::load<V>(s + i) - simd::load<V>(t + i)) * V(inv_t) - V(dlse);
-  }
-  T lse_gap() const { return T(w.q.lse() - w.p.lse()); }
+  T lse_gap() const { return T(w.q.lse() - w.p.lse()); }  // lse_q - lse_p
 
-  template <class V>
-  V q(std::size_t k, std::size_t i) const {
-    return simd::load<V>(w.es + i) * V(w.q.factor(k));
-  }
-  template <class V>
-  V p(std::size_t k, std::size_t i) const {
-    return simd::load<V>(w.et + i) * V(w.p.factor(k));
-  }
-
-  // Step 2 helper: for each chunk, sums K quantities of body(lanes<V>, k, i) (double result).
-  template <std::size_t K, class Body>
-  std::array<double, K> sum_elements(Body&& body) const {
-    std::array<double, K> total{};
-    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
-      const auto part = simd::sum_lanes<T, K>(b, e, [&](auto tag, std::size_t i) { return body(tag, k, i); });
-      for (std::size_t j = 0; j < K; ++j) total[j] += part[j];
-    });
-    return total;
-  }
-
-  // Steps 2 and 3 for the common case: body(lanes<V>, k, i) -> {loss term, g_i} over the row
-  // (g_i the log-space gradient, kept in the et row), then the gradient from g. Returns the
-  // row sums of both.
+  // Steps 2 and 3 for the common case: body(lanes<V>, q_i, p_i, x_i - y_i) -> {loss term, g_i}
+  // over the row (g_i the log-space gradient, kept in the et row), then the gradient from g.
+  // Returns the row sums of both. Everything the loop reads besides the rows is a local copy
+  // (the body should capture by value too): the stores into the g row are float stores, which
+  // the compiler must otherwise assume can change any float reached through a reference, and it
+  // would reload every scale factor from memory for every vector.
   template <class Body>
   std::array<double, 2> element_pass(T* grad, double scale, Body&& body) const {
-    T* g = w.et;
-    const auto sums = sum_elements<2>([&](auto tag, std::size_t k, std::size_t i) {
-      const auto v = body(tag, k, i);
-      simd::store(g + i, v[1]);
-      return v;
+    T* const g = w.et;
+    const T* const sp = s;
+    const T* const tp = t;
+    const T* const es = w.es;
+    const T it = inv_t, gap = lse_gap();
+    std::array<double, 2> total{};
+    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
+      const T fq = w.q.factor(k), fp = w.p.factor(k);
+      const auto part = simd::sum_lanes<T, 2>(b, e, [=](auto tag, std::size_t i) {
+        using V = typename decltype(tag)::type;
+        const V q = simd::load<V>(es + i) * V(fq), p = simd::load<V>(g + i) * V(fp);
+        // x - y = (s - t) / T - (lse_q - lse_p): no large logs cancel (unused ones cost nothing)
+        const V d = (simd::load<V>(sp + i) - simd::load<V>(tp + i)) * V(it) - V(gap);
+        const auto v = body(tag, q, p, d);
+        simd::store(g + i, v[1]);
+        return v;
+      });
+      total[0] += part[0];
+      total[1] += part[1];
     });
-    if (grad) write_grad(grad, scale, g, [](std::size_t) { return 1.0; }, sums[1]);
-    return sums;
+    if (grad) write_grad(grad, scale, g, [](std::size_t) { return 1.0; }, total[1]);
+    return total;
   }
 
   // Step 3. grad_j = scale * (logits: (g_j - q_j * sum_g) / T; log_probs: g_j), g_j = G_j * gfac(k).

@@ -34,13 +34,10 @@ struct Jsd {
     r.stats();
     const T beta = T(o.beta), keep = T(1.0 - o.beta), log_beta = T(std::log(o.beta));
     const T log_keep = T(std::log1p(-o.beta)), z0 = T(std::log(o.beta) - std::log1p(-o.beta));
-    const T gap = r.lse_gap();
-    const auto sums = r.element_pass(grad, scale, [&](auto tag, std::size_t k, std::size_t i) {
-      using V = typename decltype(tag)::type;
-      const V q = r.template q<V>(k, i);
-      const V p = r.template p<V>(k, i);
+    const auto sums = r.element_pass(grad, scale, [=](auto, const auto& q, const auto& p, const auto& x_y) {
+      using V = std::decay_t<decltype(q)>;
       const auto q_live = q > V(T(0));
-      const V log_r = -r.template log_ratio<V>(i, gap);                  // y - x
+      const V log_r = -x_y;                                              // y - x
       const V lu = V(log_keep) + softplus_lanes(log_r + V(z0));          // log(M / q)
       const V qterm = simd::where(q_live, -q * lu);                      // q (x - log M)
       const V pterm = simd::where(p > V(T(0)), p * simd::select(q_live, log_r - lu, V(-log_beta)));

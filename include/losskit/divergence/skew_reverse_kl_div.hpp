@@ -27,13 +27,11 @@ struct SkewReverseKlDiv {
   static double row(PairRow<T>& r, T* grad, double scale, const DivergenceOptions& o) {
     r.stats();
     const T log_lam = T(std::log(o.skew_alpha)), z0 = T(std::log1p(-o.skew_alpha) - std::log(o.skew_alpha));
-    const T gap = r.lse_gap();
-    const auto sums = r.element_pass(grad, scale, [&](auto tag, std::size_t k, std::size_t i) {
-      using V = typename decltype(tag)::type;
-      const V q = r.template q<V>(k, i);
+    const auto sums = r.element_pass(grad, scale, [=](auto, const auto& q, const auto&, const auto& x_y) {
+      using V = std::decay_t<decltype(q)>;
       const auto q_live = q > V(T(0));
       V sig;
-      const V lv = V(log_lam) + softplus_sigmoid(V(z0) - r.template log_ratio<V>(i, gap), sig);
+      const V lv = V(log_lam) + softplus_sigmoid(V(z0) - x_y, sig);
       const V term = simd::where(q_live, -q * lv);
       const V gi = simd::where(q_live, q * (sig - lv));
       return std::array<V, 2>{term, gi};

@@ -21,10 +21,8 @@ struct Tvd {
     r.stats();
     // With D = sum over the classes where q > p of (q - p):
     //   1/2 sum |p - q| = D + (sum p - sum q) / 2   (= D for logits: the two halves are equal)
-    const auto sums = r.element_pass(grad, scale, [&](auto tag, std::size_t k, std::size_t i) {
-      using V = typename decltype(tag)::type;
-      const V q = r.template q<V>(k, i);
-      const V p = r.template p<V>(k, i);
+    const auto sums = r.element_pass(grad, scale, [](auto, const auto& q, const auto& p, const auto&) {
+      using V = std::decay_t<decltype(q)>;
       const auto up = q > p;
       const V half(T(0.5));
       return std::array<V, 2>{simd::where(up, q - p), q * simd::select(up, half, -half)};
