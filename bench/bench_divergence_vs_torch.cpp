@@ -4,6 +4,9 @@
 //   eigen   a straightforward Eigen implementation (softmax matrices, then the formulas)
 //   torch   libtorch autograd: log_softmax + the divergence + backward (when built with torch)
 // Shapes: 1024 x 32000 and 256 x 128256; threads 1 and 2 (torch::set_num_threads for torch).
+// Plus 16 x 32000 for the floor and losskit on one thread: everything stays in cache, so its
+// time per element (1e9 / items_per_second) is the kernel's compute cost without memory, the
+// figure that explains the ratios to the memory floor (README "Performance").
 // bench/report.py turns the JSON output into the ratio table of the README.
 //
 //   build/release/bench/bench_divergence_vs_torch --benchmark_format=json > out.json
@@ -178,13 +181,16 @@ void BM_torch(benchmark::State& st, const std::string& name) {
 #endif
 
 const std::vector<losskit_bench::Shape> kShapes{{1024, 32000}, {256, 128256}};
+const std::vector<losskit_bench::Shape> kInCache{{16, 32000}};
 
 const int registered = [] {
   using losskit_bench::register_grid;
   register_grid("floor", kShapes, {1, 2}, BM_floor);
+  register_grid("floor", kInCache, {1}, BM_floor)->Unit(benchmark::kMicrosecond);
   for (const auto& [name, fn] : losskit_fns()) {
     (void)fn;
     register_grid(name + "/losskit", kShapes, {1, 2}, BM_losskit, name);
+    register_grid(name + "/losskit", kInCache, {1}, BM_losskit, name)->Unit(benchmark::kMicrosecond);
     register_grid(name + "/eigen", kShapes, {1}, BM_eigen, name);
 #if LOSSKIT_HAVE_TORCH
     register_grid(name + "/torch", kShapes, {1, 2}, BM_torch, name);
