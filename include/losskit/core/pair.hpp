@@ -52,6 +52,12 @@ struct PairScratch {
     std::size_t n = 0;
     bool stream = false;
     std::vector<T> alpha, beta, gamma;
+    // out_i with chunk k's coefficients a = alpha_k, c = beta_k, m = gamma_k.
+    template <class V>
+    V value(T a, T c, T m, std::size_t i) const {
+      const V g = simd::load<V>(G + i);
+      return simd::load<V>(es + i) * (V(a) + V(m) * g) + V(c) * g;
+    }
   } pending;
   bool pipelined = false;
   T* other[3] = {nullptr, nullptr, nullptr};  // the second set of rows (pipelined)
@@ -114,9 +120,7 @@ inline void PairScratch<T>::flush_chunk(std::size_t k, std::size_t b, std::size_
   const Pending& d = pending;
   const T a = d.alpha[k], c = d.beta[k], m = d.gamma[k];
   store_row<T>(d.out, b, e, d.stream, [&](auto tag, std::size_t i) {
-    using V = typename decltype(tag)::type;
-    const V G = simd::load<V>(d.G + i);
-    return simd::load<V>(d.es + i) * (V(a) + V(m) * G) + V(c) * G;
+    return d.template value<typename decltype(tag)::type>(a, c, m, i);
   });
 }
 
@@ -183,8 +187,6 @@ struct PairRow {
     auto& d = w.pending;
     T* const pout = d.out && d.n == n ? d.out : nullptr;
     if (d.out && !pout) w.flush();
-    const T* pes = d.es;
-    const T* pg = d.G;
     const bool pnt = pout && d.stream && reinterpret_cast<std::uintptr_t>(pout) % sizeof(simd::batch<T>) == 0;
     for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
       const T pa = pout ? d.alpha[k] : T(0), pb = pout ? d.beta[k] : T(0), pm = pout ? d.gamma[k] : T(0);
@@ -203,8 +205,7 @@ struct PairRow {
           simd::prefetch(tp + i + chunk_elems<T>);
         }
         if (pout) {
-          const V G = simd::load<V>(pg + i);
-          const V gv = simd::load<V>(pes + i) * (V(pa) + V(pm) * G) + V(pb) * G;
+          const V gv = d.template value<V>(pa, pb, pm, i);
           if (simd::is_batch<V> && pnt)
             simd::stream(pout + i, gv);
           else
