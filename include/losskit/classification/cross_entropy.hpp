@@ -161,7 +161,6 @@ inline std::array<double, K> sum_and_next_max(std::size_t b, std::size_t e, std:
     for (std::size_t k = 0; k < K; ++k) total[k] += double(v[k]);
   }
   next_max = simd::vmax(simd::max_lanes<T>(nb + done, ne, next), simd::hmax(simd::vmax(m0, m1)));
-  if (nlen == 0) next_max = ninf;
   return total;
 }
 

@@ -105,7 +105,7 @@ struct ElrRow {
     const std::ptrdiff_t rn = r + 1 < x.rows ? r + 1 : r;
     const std::int64_t idn = ids[std::size_t(rn)];
     const T* t_next = idn >= 0 && std::size_t(idn) < num_samples ? table + std::size_t(idn) * n : t;
-    const T* z_next = x.row(rn);
+    const T* z_next = next_row(x, r);
     auto s_sums = [&](auto tag, std::size_t i, const auto& te, const auto& q) {
       using V = typename decltype(tag)::type;
       prefetch_at(tag, z_next, i);

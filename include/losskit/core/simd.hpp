@@ -105,11 +105,6 @@ inline void stream_fence() noexcept {
 #endif
 }
 
-template <class V>
-inline V splat(scalar_t<V> x) noexcept {
-  return V(x);
-}
-
 // Hint that `p` will be read soon (one cache line). Never faults.
 template <class T>
 inline void prefetch(const T* p) noexcept {

@@ -107,6 +107,13 @@ class ChunkedSoftmax {
   T factor(std::size_t k) const noexcept { return factor_[k]; }
   double factor_d(std::size_t k) const noexcept { return std::exp(shift_[k] - lse_); }
   double chunk_sum(std::size_t k) const noexcept { return sum_[k]; }
+  // sum_k factor_d(k) (a extra[k] + b chunk_sum(k)): merges per-chunk sums of a kernel's own
+  // (taken relative to the chunk shifts, e.g. sum p (t - s)) into a row value.
+  double merge(const std::vector<double>& extra, double a, double b) const {
+    double v = 0.0;
+    for (std::size_t k = 0; k < sum_.size(); ++k) v += factor_d(k) * (a * extra[k] + b * sum_[k]);
+    return v;
+  }
 
  private:
   std::vector<double> shift_, sum_;

@@ -124,9 +124,7 @@ struct KdRow {
     const double lse_q = w.q.finish(false), lse_p = w.p.finish(false);
     const double lse1 = Same ? lse_q : w.m.finish(false);
     const double gap = lse_p - lse_q;
-    double kl = 0.0;
-    for (std::size_t k = 0; k < w.chunk.size(); ++k)
-      kl += w.p.factor_d(k) * (double(it) * w.chunk[k] - gap * w.p.chunk_sum(k));
+    const double kl = w.p.merge(w.chunk, double(it), -gap);
     const std::size_t y = std::size_t(labels[std::size_t(r)]);
     const double ce = lse1 - double(sp[y]);
     ce_out[r] = ce;

@@ -28,9 +28,7 @@ struct KlDiv {
     });
     const T* et = r.w.et;
     const double gap = r.w.p.lse() - r.w.q.lse();
-    double kl = 0.0;
-    for (std::size_t k = 0; k < r.w.chunk.size(); ++k)
-      kl += r.w.p.factor_d(k) * (double(r.inv_t) * r.w.chunk[k] - gap * r.w.p.chunk_sum(k));
+    const double kl = r.w.p.merge(r.w.chunk, double(r.inv_t), -gap);
     if (grad) r.write_grad(grad, scale, et, [&](std::size_t k) { return -r.w.p.factor_d(k); }, -r.w.p.total());
     return kl;
   }

@@ -31,8 +31,7 @@ struct ReverseKlDiv {
     });
     auto& w = r.w;
     const double gap = w.q.lse() - w.p.lse(), it = double(r.inv_t);
-    double kl = 0.0;
-    for (std::size_t k = 0; k < w.chunk.size(); ++k) kl += w.q.factor_d(k) * (it * w.chunk[k] - gap * w.q.chunk_sum(k));
+    const double kl = w.q.merge(w.chunk, it, -gap);
     if (grad) {
       // log-space g_j = q_j (x_j - y_j + 1), sum_g = KL + sum q; grad = a (g_j - [logits] q_j sum_g)
       const bool logits = !r.student_log_probs;

@@ -380,10 +380,7 @@ inline TokenStats token_stats_impl(SeqScratch<T>& w, const T* z, const T* a, std
     s.ref_lse = w.p.finish(false);
     s.ref_logp = double(a[y]) * double(inv_t) - s.ref_lse;
     const double gap = s.ref_lse - s.lse;
-    double kl = 0.0;
-    for (std::size_t k = 0; k < chunks; ++k)
-      kl += w.p.factor_d(k) * (double(inv_t) * w.kl[k] + gap * w.p.chunk_sum(k));
-    s.kl = kl;
+    s.kl = w.p.merge(w.kl, double(inv_t), gap);
   }
   return s;
 }
