@@ -260,7 +260,7 @@ class ELR {
     if (std::size_t(v.x.cols) != num_classes())
       detail::fail(fn, "'logits' has ", v.x.cols, " columns, expected num_classes (", num_classes(), ")");
     detail::check_in(fn, "beta", o.beta, 0.0, 1.0, false, false);
-    if (!(o.lambda >= 0.0) || !std::isfinite(o.lambda)) detail::fail(fn, "'lambda' must be finite and >= 0, got ", o.lambda);
+    detail::check_nonnegative(fn, "lambda", o.lambda);
     detail::check_in(fn, "clamp", o.clamp, 0.0, 0.5, true, true);
     detail::RowPlan plan = detail::plan_rows(detail::labeled_rows(o, labels), v.x.rows, v.x.cols);
     detail::check_sample_ids(fn, ids, plan, num_samples());

@@ -54,6 +54,10 @@ inline void check_positive(const char* fn, const char* arg, double x) {
   if (!(x > 0.0) || !std::isfinite(x)) fail(fn, "'", arg, "' must be positive and finite, got ", x);
 }
 
+inline void check_nonnegative(const char* fn, const char* arg, double x) {
+  if (!(x >= 0.0) || !std::isfinite(x)) fail(fn, "'", arg, "' must be finite and >= 0, got ", x);
+}
+
 inline void check_in(const char* fn, const char* arg, double x, double lo, double hi, bool lo_open, bool hi_open) {
   const bool ok = (lo_open ? x > lo : x >= lo) && (hi_open ? x < hi : x <= hi);
   if (!ok)
@@ -93,14 +97,17 @@ inline void check_row_pair(const char* fn, const char* a_name, const A& a, const
 
 // The gradient output of a kernel (null: forward only, an empty view): a writable row-major
 // matrix of the shape of `like` (named `like_name` in the message), with contiguous rows.
+// `grad_name`: the output's argument name in the messages (kernels with several gradient
+// outputs, e.g. sinkhorn's grad_C, grad_x, grad_y).
 template <class T, class G>
-inline RowsView<T> checked_grad_view(const char* fn, G* grad, const char* like_name, const RowsView<const T>& like) {
+inline RowsView<T> checked_grad_view(const char* fn, G* grad, const char* like_name, const RowsView<const T>& like,
+                                     const char* grad_name = "grad") {
   static_assert(!std::is_const_v<G>, "losskit: the gradient output must not be const");
   static_assert(std::is_same_v<T, scalar_of_t<G>>, "losskit: the gradient must have the inputs' scalar type");
   if (!grad) return {};
   const RowsView<T> gv = mutable_rows_view(*grad);
-  check_same_shape(fn, "grad", gv, like_name, like);
-  if (!has_unit_inner_stride(*grad)) fail(fn, "'grad' must have contiguous rows (inner stride 1)");
+  check_same_shape(fn, grad_name, gv, like_name, like);
+  if (!has_unit_inner_stride(*grad)) fail(fn, "'", grad_name, "' must have contiguous rows (inner stride 1)");
   return gv;
 }
 

@@ -42,8 +42,8 @@
 #include "losskit/classification/soft_cross_entropy.hpp"
 #include "losskit/core/checks.hpp"
 #include "losskit/core/labels.hpp"
+#include "losskit/core/row_softmax.hpp"
 #include "losskit/core/scratch.hpp"
-#include "losskit/core/simd.hpp"
 #include "losskit/core/softmax.hpp"
 #include "losskit/core/state_io.hpp"
 #include "losskit/core/types.hpp"
@@ -51,30 +51,6 @@
 
 namespace losskit {
 namespace detail {
-
-// out[j] = scale * softmax(z / T)_j over one row of n entries (out may be z).
-template <class U, class O>
-inline void scaled_softmax_row(const U* z, std::size_t n, U inv_t, double scale, O* out, ChunkedSoftmax<U>& sm) {
-  U* ex = scratch<U>(n);
-  sm.reset(n);
-  for_chunks<U>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
-    sm.chunk(k, b, e, inv_t, [z](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(z + i); },
-             ex, z);
-  });
-  sm.finish(false);
-  for_chunks<U>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
-    const double f = scale * sm.factor_d(k);
-    if constexpr (std::is_same_v<O, U>) {
-      const U fu = U(f);
-      simd::for_lanes<U>(b, e, [&](auto tag, std::size_t i) {
-        using V = typename decltype(tag)::type;
-        simd::store(out + i, simd::load<V>(ex + i) * V(fu));
-      });
-    } else {
-      for (std::size_t i = b; i < e; ++i) out[i] = O(double(ex[i]) * f);
-    }
-  });
-}
 
 template <class X>
 inline auto checked_rows(const char* fn, const char* arg, const X& x, std::ptrdiff_t rows, std::ptrdiff_t cols) {
@@ -113,9 +89,10 @@ inline void self_distillation_targets(const X& teacher, const Labels& labels, O&
   detail::check_positive(fn, "temperature", o.temperature);
   detail::check_index_range(fn, "labels", labels, tv.rows, tv.cols, "a class");
   detail::ChunkedSoftmax<U> sm;
+  U* ex = detail::scratch<U>(std::size_t(tv.cols));  // a separate row: `out` may be the teacher
   for (std::ptrdiff_t r = 0; r < tv.rows; ++r) {
     U* dst = ov.row(r);
-    detail::scaled_softmax_row(tv.row(r), std::size_t(tv.cols), U(1.0 / o.temperature), 1.0 - o.gt_weight, dst, sm);
+    detail::softmax_row(tv.row(r), std::size_t(tv.cols), U(1.0 / o.temperature), dst, ex, sm, 1.0 - o.gt_weight);
     dst[labels[std::size_t(r)]] += U(o.gt_weight);
   }
 }
@@ -287,9 +264,10 @@ class ProgressiveTargets {
   template <class U>
   void store(const Labels& indices, const RowsView<const U>& x) {
     detail::ChunkedSoftmax<U> sm;
+    U* ex = detail::scratch<U>(std::size_t(c_));
     for (std::ptrdiff_t b = 0; b < x.rows; ++b) {
       const auto idx = std::ptrdiff_t(indices[std::size_t(b)]);
-      detail::scaled_softmax_row(x.row(b), std::size_t(c_), U(1), 1.0, table_.row(idx).data(), sm);
+      detail::softmax_row(x.row(b), std::size_t(c_), U(1), table_.row(idx).data(), ex, sm);
       seen_[std::size_t(idx)] = 1;
     }
   }

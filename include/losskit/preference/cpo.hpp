@@ -102,11 +102,9 @@ inline PreferenceResult reference_free(const char* fn, const Eigen::DenseBase<PC
   const CpoLoss type = spec.type;
   const bool average = spec.average;
   const double gamma = spec.gamma, cpo_alpha = spec.cpo_alpha, alpha = spec.alpha;
-  const Eigen::VectorXd pw = to_vector(fn, "policy_chosen", policy_chosen);
-  const Eigen::VectorXd pl = to_vector(fn, "policy_rejected", policy_rejected);
-  const Eigen::Index n = pw.size();
-  if (n == 0) fail(fn, "'policy_chosen' is empty: the batch needs at least one pair");
-  check_size(fn, "policy_rejected", pl.size(), "policy_chosen", n);
+  const PairedInputs in = paired_inputs(fn, policy_chosen, policy_rejected);
+  const Eigen::VectorXd &pw = in.chosen, &pl = in.rejected;
+  const Eigen::Index n = in.n;
   check_positive(fn, "beta", o.beta);
   if (int(type) < int(CpoLoss::sigmoid) || int(type) > int(CpoLoss::simpo))
     fail(fn, "unknown 'loss_type' ", int(type));
@@ -119,7 +117,7 @@ inline PreferenceResult reference_free(const char* fn, const Eigen::DenseBase<PC
     fail(fn, "'", spec.gamma_name, "' is ", gamma, ", but loss_type '",
          type == CpoLoss::sigmoid ? "sigmoid" : type == CpoLoss::hinge ? "hinge" : "ipo",
          "' does not read it (simpo does); leave it at its default");
-  if (!(cpo_alpha >= 0.0) || !std::isfinite(cpo_alpha)) fail(fn, "'cpo_alpha' must be finite and >= 0, got ", cpo_alpha);
+  check_nonnegative(fn, "cpo_alpha", cpo_alpha);
   check_finite(fn, "alpha", alpha);
   check_reduction(fn, o);
   const bool need_nll = cpo_alpha > 0.0;

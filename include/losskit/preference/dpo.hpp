@@ -188,8 +188,8 @@ inline void check_dpo_options(const char* fn, const DpoOptions& o) {
   if (uses_smoothing) check_in(fn, "label_smoothing", o.label_smoothing, 0.0, 1.0, false, false);
   check_positive(fn, "discopop_tau", o.discopop_tau);
   check_finite(fn, "bco_pair_delta", o.bco_pair_delta);
-  if (!(o.rpo_alpha >= 0.0) || !std::isfinite(o.rpo_alpha)) fail(fn, "'rpo_alpha' must be finite and >= 0, got ", o.rpo_alpha);
-  if (!(o.rpo_eta >= 0.0) || !std::isfinite(o.rpo_eta)) fail(fn, "'rpo_eta' must be finite and >= 0, got ", o.rpo_eta);
+  check_nonnegative(fn, "rpo_alpha", o.rpo_alpha);
+  check_nonnegative(fn, "rpo_eta", o.rpo_eta);
   check_reduction(fn, o);
 
   // A type-specific option away from its default while no selected loss type reads it is an error
@@ -223,15 +223,9 @@ inline PreferenceResult dpo(const Eigen::DenseBase<PC>& policy_chosen, const Eig
                             const DpoOptions& o = {}) {
   using detail::Term;
   const char* fn = "dpo";
-  const Eigen::VectorXd pw = detail::to_vector(fn, "policy_chosen", policy_chosen);
-  const Eigen::VectorXd pl = detail::to_vector(fn, "policy_rejected", policy_rejected);
-  const Eigen::VectorXd rw = detail::to_vector(fn, "ref_chosen", ref_chosen);
-  const Eigen::VectorXd rl = detail::to_vector(fn, "ref_rejected", ref_rejected);
-  const Eigen::Index n = pw.size();
-  if (n == 0) detail::fail(fn, "'policy_chosen' is empty: the batch needs at least one pair");
-  detail::check_size(fn, "policy_rejected", pl.size(), "policy_chosen", n);
-  detail::check_size(fn, "ref_chosen", rw.size(), "policy_chosen", n);
-  detail::check_size(fn, "ref_rejected", rl.size(), "policy_chosen", n);
+  const detail::PairedInputs in = detail::paired_inputs(fn, policy_chosen, policy_rejected, ref_chosen, ref_rejected);
+  const Eigen::VectorXd &pw = in.chosen, &pl = in.rejected, &rw = in.ref_chosen, &rl = in.ref_rejected;
+  const Eigen::Index n = in.n;
   detail::check_dpo_options(fn, o);
 
   bool need_both_lengths = false, has_sft = false;

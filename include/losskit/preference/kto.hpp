@@ -56,9 +56,8 @@ inline UnpairedPreferenceResult kto(const Eigen::DenseBase<PC>& policy_chosen, c
   Eigen::VectorXd dc, dr;
   detail::unpaired_inputs(fn, policy_chosen, policy_rejected, ref_chosen, ref_rejected, dc, dr);
   detail::check_positive(fn, "beta", o.beta);
-  for (double w : {o.desirable_weight, o.undesirable_weight})
-    if (!(w >= 0.0) || !std::isfinite(w))
-      detail::fail(fn, "'desirable_weight' and 'undesirable_weight' must be finite and >= 0, got ", w);
+  detail::check_nonnegative(fn, "desirable_weight", o.desirable_weight);
+  detail::check_nonnegative(fn, "undesirable_weight", o.undesirable_weight);
   if (o.loss_type != KtoLoss::kto && o.loss_type != KtoLoss::apo_zero_unpaired)
     detail::fail(fn, "unknown 'loss_type' ", int(o.loss_type));
   detail::check_reduction(fn, o);

@@ -46,11 +46,9 @@ template <class PC, class PR>
 inline OrpoResult orpo(const Eigen::DenseBase<PC>& policy_chosen, const Eigen::DenseBase<PR>& policy_rejected,
                        const Values& chosen_lengths, const Values& rejected_lengths, const OrpoOptions& o = {}) {
   const char* fn = "orpo";
-  const Eigen::VectorXd pw = detail::to_vector(fn, "policy_chosen", policy_chosen);
-  const Eigen::VectorXd pl = detail::to_vector(fn, "policy_rejected", policy_rejected);
-  const Eigen::Index n = pw.size();
-  if (n == 0) detail::fail(fn, "'policy_chosen' is empty: the batch needs at least one pair");
-  detail::check_size(fn, "policy_rejected", pl.size(), "policy_chosen", n);
+  const detail::PairedInputs in = detail::paired_inputs(fn, policy_chosen, policy_rejected);
+  const Eigen::VectorXd &pw = in.chosen, &pl = in.rejected;
+  const Eigen::Index n = in.n;
   detail::check_positive(fn, "beta", o.beta);
   detail::check_reduction(fn, o);
   const char* why = "ORPO (average log-probs)";

@@ -235,6 +235,43 @@ inline void check_chosen_tokens(const char* fn, const Eigen::VectorXd& nw, const
   if (!(nw.sum() > 0.0)) fail(fn, "'chosen_lengths' sums to 0: ", why, " is a mean over the chosen tokens");
 }
 
+// The paired losses' inputs (dpo, cpo / simpo, orpo): the policy's summed log-probs of the chosen
+// and rejected completions and, for the losses with a reference model, the reference's, as
+// vectors of one entry per pair. At least one pair; every vector the size of policy_chosen.
+struct PairedInputs {
+  Eigen::VectorXd chosen, rejected;          // policy_chosen, policy_rejected
+  Eigen::VectorXd ref_chosen, ref_rejected;  // empty without a reference model
+  Eigen::Index n = 0;                        // pairs
+};
+
+inline void check_pairs(const char* fn, PairedInputs& in, bool with_reference) {
+  in.n = in.chosen.size();
+  if (in.n == 0) fail(fn, "'policy_chosen' is empty: the batch needs at least one pair");
+  check_size(fn, "policy_rejected", in.rejected.size(), "policy_chosen", in.n);
+  if (!with_reference) return;
+  check_size(fn, "ref_chosen", in.ref_chosen.size(), "policy_chosen", in.n);
+  check_size(fn, "ref_rejected", in.ref_rejected.size(), "policy_chosen", in.n);
+}
+
+template <class PC, class PR>
+inline PairedInputs paired_inputs(const char* fn, const Eigen::DenseBase<PC>& policy_chosen,
+                                  const Eigen::DenseBase<PR>& policy_rejected) {
+  PairedInputs in{to_vector(fn, "policy_chosen", policy_chosen), to_vector(fn, "policy_rejected", policy_rejected), {},
+                  {}};
+  check_pairs(fn, in, false);
+  return in;
+}
+
+template <class PC, class PR, class RC, class RR>
+inline PairedInputs paired_inputs(const char* fn, const Eigen::DenseBase<PC>& policy_chosen,
+                                  const Eigen::DenseBase<PR>& policy_rejected, const Eigen::DenseBase<RC>& ref_chosen,
+                                  const Eigen::DenseBase<RR>& ref_rejected) {
+  PairedInputs in{to_vector(fn, "policy_chosen", policy_chosen), to_vector(fn, "policy_rejected", policy_rejected),
+                  to_vector(fn, "ref_chosen", ref_chosen), to_vector(fn, "ref_rejected", ref_rejected)};
+  check_pairs(fn, in, true);
+  return in;
+}
+
 // The unpaired losses (kto, bco): D = pi - rho of the chosen and of the rejected examples.
 template <class PC, class PR, class RC, class RR>
 inline void unpaired_inputs(const char* fn, const Eigen::DenseBase<PC>& policy_chosen,

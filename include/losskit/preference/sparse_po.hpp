@@ -86,9 +86,8 @@ inline SparsePoResult sparse_po(const Eigen::DenseBase<P>& policy_logps, const E
       detail::fail(fn, "'sequence_offsets' must be non-decreasing, got ", off[j - 1], " then ", off[j], " at ", j);
   }
   detail::check_positive(fn, "beta", o.beta);
-  for (double l1 : {o.l1_norm_param_u, o.l1_norm_param_d})
-    if (!(l1 >= 0.0) || !std::isfinite(l1))
-      detail::fail(fn, "'l1_norm_param_u' and 'l1_norm_param_d' must be finite and >= 0, got ", l1);
+  detail::check_nonnegative(fn, "l1_norm_param_u", o.l1_norm_param_u);
+  detail::check_nonnegative(fn, "l1_norm_param_d", o.l1_norm_param_d);
   if (o.shared_mask && !o.kl_mask.empty())
     detail::fail(fn, "'kl_mask' must be empty with 'shared_mask' (the reward mask is used for both)");
   detail::check_reduction(fn, o);

@@ -37,6 +37,7 @@
 
 #include "losskit/core/checks.hpp"
 #include "losskit/core/parallel.hpp"
+#include "losskit/core/row_softmax.hpp"
 #include "losskit/core/rows.hpp"
 #include "losskit/core/scratch.hpp"
 #include "losskit/core/simd.hpp"
@@ -76,20 +77,9 @@ inline void softmax_rows(const RowsView<const T>& x, double temperature, Out& ou
   const std::size_t n = std::size_t(x.cols);
   parallel_ranges(x.rows, threads, [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
     ChunkedSoftmax<T> sm;
-    sm.reset(n);
     for (std::ptrdiff_t r = b; r < e; ++r) {
-      const T* z = x.row(r);
       T* o = out.row(r).data();
-      auto value = [z](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(z + i); };
-      for_chunks<T>(n, [&](std::size_t k, std::size_t cb, std::size_t ce) { sm.chunk(k, cb, ce, inv_t, value, o, z); });
-      sm.finish(false);
-      for_chunks<T>(n, [&](std::size_t k, std::size_t cb, std::size_t ce) {
-        const T f = sm.factor(k);
-        simd::for_lanes<T>(cb, ce, [&](auto tag, std::size_t i) {
-          using V = typename decltype(tag)::type;
-          simd::store(o + i, simd::load<V>(o + i) * V(f));
-        });
-      });
+      softmax_row(x.row(r), n, inv_t, o, o, sm);  // the exps go straight into the output row
     }
   });
 }
@@ -246,26 +236,17 @@ inline void check_sinkd_options(const char* fn, const SinkdOptions& o) {
   if (o.threads < 0) fail(fn, "'threads' must be >= 0 (0 means: all hardware threads), got ", o.threads);
 }
 
-template <class T>
-struct StudentTeacher {
-  RowsView<const T> s, t;
-  RowsView<T> grad;  // empty when not given
-};
-
+// Student and teacher (one shape and scalar type, contiguous rows, at least one row and
+// column), the gradient (the student's shape; it may be the student, not the teacher), options.
 template <class S, class Tt, class G>
-inline StudentTeacher<scalar_of_t<S>> read_student_teacher(const char* fn, const S& student, const Tt& teacher, G* grad,
-                                                           const SinkdOptions& o) {
+inline PairViews<scalar_of_t<S>> read_student_teacher(const char* fn, const S& student, const Tt& teacher, G* grad,
+                                                      const SinkdOptions& o) {
   using T = scalar_of_t<S>;
-  static_assert(std::is_same_v<T, scalar_of_t<Tt>>, "losskit: student and teacher must have the same scalar type");
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "losskit: scalar type must be float or double");
-  StudentTeacher<T> in{rows_view(student), rows_view(teacher), {}};
-  check_nonempty(fn, "student", in.s);
-  check_same_shape(fn, "teacher", in.t, "student", in.s);
-  if (in.s.rows <= 0) fail(fn, "'student' has no rows");
-  if (!has_unit_inner_stride(student) || !has_unit_inner_stride(teacher))
-    fail(fn, "inputs must have contiguous rows (inner stride 1)");
-  in.grad = grad_view<T>(fn, "grad", grad, in.s.rows, in.s.cols);
-  if (in.grad.data && in.grad.data == in.t.data) fail(fn, "'grad' may alias 'student' but not 'teacher'");
+  check_row_pair(fn, "student", student, "teacher", teacher);
+  const RowsView<const T> sv = rows_view(student);
+  if (sv.rows <= 0) fail(fn, "'student' has no rows");
+  const PairViews<T> in{sv, rows_view(teacher), checked_grad_view<T>(fn, grad, "student", sv)};
+  if (in.g.data && in.g.data == in.b.data) fail(fn, "'grad' may alias 'student' but not 'teacher'");
   check_sinkd_options(fn, o);
   return in;
 }
@@ -274,9 +255,9 @@ template <class S, class Tt, class G>
 inline SinkdResult sinkd_impl(const S& student, const Tt& teacher, G* grad, const SinkdOptions& o) {
   using T = scalar_of_t<S>;
   const auto in = read_student_teacher("sinkd_loss", student, teacher, grad, o);
-  const RowsView<const T>& sv = in.s;
-  const RowsView<const T>& tv = in.t;
-  const RowsView<T>& gv = in.grad;
+  const RowsView<const T>& sv = in.a;
+  const RowsView<const T>& tv = in.b;
+  const RowsView<T>& gv = in.g;
   const std::ptrdiff_t B = sv.rows;
   const int threads = resolve_threads(double(B) * double(sv.cols) < 65536.0 ? 1 : o.threads, B);
   // q and p in one reusable per-thread buffer (no page faults per call); h, the gradient w.r.t. q,
@@ -317,13 +298,11 @@ inline LossResult sinkd_per_sample_impl(const S& student, const Tt& teacher, con
   using T = scalar_of_t<S>;
   const char* fn = "sinkd_per_sample_loss";
   const auto in = read_student_teacher(fn, student, teacher, grad, o);
-  const RowsView<const T>& sv = in.s;
-  const RowsView<const T>& tv = in.t;
-  const RowsView<T>& gv = in.grad;
-  const auto mv = rows_view(class_cost);
+  const RowsView<const T>& sv = in.a;
+  const RowsView<const T>& tv = in.b;
+  const RowsView<T>& gv = in.g;
   const std::ptrdiff_t n = sv.cols;
-  if (mv.rows != n || mv.cols != n)
-    fail(fn, "'class_cost' has shape ", mv.rows, "x", mv.cols, ", expected ", n, "x", n, " (classes x classes)");
+  const auto mv = cost_view(fn, "class_cost", class_cost, n, n, "classes x classes");
   check_finite_cost(fn, "class_cost", mv);
   check_row_options(fn, o, sv.rows);
   RowMatrixXd M(n, n);
@@ -333,22 +312,29 @@ inline LossResult sinkd_per_sample_impl(const S& student, const Tt& teacher, con
   const RowMatrixXd K = UnrolledSinkhorn::kernel(n, n, [&M](std::ptrdiff_t i, std::ptrdiff_t j) { return M(i, j); },
                                                  o.epsilon, o.iterations);
   const double inv_t = 1.0 / o.temperature;
-  auto softmax = [&](const T* z, Eigen::VectorXd& out) {
-    out.resize(n);
-    double mx = -kInf;
-    for (std::ptrdiff_t c = 0; c < n; ++c) mx = std::max(mx, double(z[c]) * inv_t);
-    for (std::ptrdiff_t c = 0; c < n; ++c) out[c] = std::exp(double(z[c]) * inv_t - mx);
-    out /= out.sum();
-  };
   struct Work {
+    explicit Work(std::ptrdiff_t cols) : q(cols), p(cols), z(std::size_t(cols)), ex(std::size_t(cols)) {}
     UnrolledSinkhorn us;
     Eigen::VectorXd q, p, ga, gb;
+    std::vector<double> z, ex;  // a row widened to double; softmax_row's scratch row
+    ChunkedSoftmax<double> sm;
+  };
+  // q, p in double, like the iterations (a float row is widened first).
+  auto softmax = [&](const T* x, Work& w, Eigen::VectorXd& out) {
+    const double* z = nullptr;
+    if constexpr (std::is_same_v<T, double>) {
+      z = x;
+    } else {
+      std::copy(x, x + n, w.z.begin());
+      z = w.z.data();
+    }
+    softmax_row(z, std::size_t(n), inv_t, out.data(), w.ex.data(), w.sm);
   };
   return run_rows<T>(
-      plan, sv.rows, gv, [] { return Work{}; },
+      plan, sv.rows, gv, [n] { return Work(n); },
       [&](Work& w, std::ptrdiff_t r, T* g, double scale) {
-        softmax(sv.row(r), w.q);
-        softmax(tv.row(r), w.p);
+        softmax(sv.row(r), w, w.q);
+        softmax(tv.row(r), w, w.p);
         w.us.run(K, w.q.data(), w.p.data(), o.epsilon, o.iterations);
         const RowMatrixXd P = w.us.plan();
         const double value = P.cwiseProduct(M).sum();

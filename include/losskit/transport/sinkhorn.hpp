@@ -668,25 +668,23 @@ inline SinkhornResult<T> solve_one(const RowsView<const T>& C, const Marginal& a
   return res;
 }
 
-template <class T>
-inline RowsView<const T> cost_view(const char* fn, const RowsView<const T>& C) {
-  if (C.rows <= 0 || C.cols <= 0) fail(fn, "'C' has shape ", C.rows, "x", C.cols, ": it needs at least one entry");
-  check_finite_cost(fn, "C", C);
+// A cost matrix argument's shape and layout: rows x cols when given (`what` explains the expected
+// shape), at least one entry, contiguous rows. Its values are checked (check_finite_cost) after
+// every argument's shape.
+template <class CM>
+inline RowsView<const scalar_of_t<CM>> cost_view(const char* fn, const char* arg, const CM& cost,
+                                                 std::ptrdiff_t rows = -1, std::ptrdiff_t cols = -1,
+                                                 const char* what = nullptr) {
+  const auto C = rows_view(cost);
+  if (rows >= 0 && (C.rows != rows || C.cols != cols))
+    fail(fn, "'", arg, "' has shape ", C.rows, "x", C.cols, ", expected ", rows, "x", cols, what ? " (" : "",
+         what ? what : "", what ? ")" : "");
+  if (C.rows <= 0 || C.cols <= 0) fail(fn, "'", arg, "' has shape ", C.rows, "x", C.cols, ": it needs at least one entry");
+  if (!has_unit_inner_stride(cost)) fail(fn, "'", arg, "' must have contiguous rows (inner stride 1)");
   return C;
 }
 
-template <class T, class G>
-inline RowsView<T> grad_view(const char* fn, const char* arg, G* grad, std::ptrdiff_t rows, std::ptrdiff_t cols) {
-  if (!grad) return {};
-  static_assert(std::is_same_v<T, scalar_of_t<G>>, "losskit: the gradient must have the cost's scalar type");
-  RowsView<T> v = mutable_rows_view(*grad);
-  if (v.rows != rows || v.cols != cols)
-    fail(fn, "'", arg, "' has shape ", v.rows, "x", v.cols, ", expected ", rows, "x", cols);
-  if (!has_unit_inner_stride(*grad)) fail(fn, "'", arg, "' must have contiguous rows (inner stride 1)");
-  return v;
-}
-
-// The arguments every cost-matrix entry point checks first: C (finite, contiguous rows), a, b.
+// The arguments every cost-matrix entry point checks first: C (contiguous rows, finite), a, b.
 template <class T>
 struct CostInputs {
   RowsView<const T> C;
@@ -698,8 +696,8 @@ inline CostInputs<scalar_of_t<CM>> read_cost_inputs(const char* fn, const A& a, 
   using T = scalar_of_t<CM>;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "losskit: scalar type must be float or double");
   CostInputs<T> in;
-  in.C = cost_view<T>(fn, rows_view(cost));
-  if (!has_unit_inner_stride(cost)) fail(fn, "'C' must have contiguous rows (inner stride 1)");
+  in.C = cost_view(fn, "C", cost);
+  check_finite_cost(fn, "C", in.C);
   in.a = read_marginal(fn, "a", a, in.C.rows, "one per row of C");
   in.b = read_marginal(fn, "b", b, in.C.cols, "one per column of C");
   return in;
@@ -713,7 +711,7 @@ inline SinkhornResult<scalar_of_t<CM>> sinkhorn_impl(const A& a, const B& b, con
   const auto in = read_cost_inputs(fn, a, b, cost);
   check_sinkhorn_options(fn, o, in.C.rows, in.C.cols);
   check_balance(fn, in.a, in.b, o);
-  const RowsView<T> gv = grad_view<T>(fn, "grad_C", grad, in.C.rows, in.C.cols);
+  const RowsView<T> gv = checked_grad_view<T>(fn, grad, "C", in.C, "grad_C");
   return solve_one<T>(in.C, in.a, in.b, o, gv, resolve_threads(o.threads, in.C.rows));
 }
 
@@ -824,8 +822,8 @@ inline PointInputs<scalar_of_t<X>> read_point_inputs(const char* fn, const A& a,
   in.b = read_marginal(fn, "b", b, in.y.rows, "one per point of y");
   check_sinkhorn_options(fn, o, in.x.rows, in.y.rows);
   check_balance(fn, in.a, in.b, o);
-  in.gx = grad_view<T>(fn, "grad_x", gx, in.x.rows, in.x.cols);
-  in.gy = grad_view<T>(fn, "grad_y", gy, in.y.rows, in.y.cols);
+  in.gx = checked_grad_view<T>(fn, gx, "x", in.x, "grad_x");
+  in.gy = checked_grad_view<T>(fn, gy, "y", in.y, "grad_y");
   return in;
 }
 
@@ -956,7 +954,7 @@ inline UnrolledSinkhornResult sinkhorn_unrolled_impl(const A& a, const B& b, con
   const Marginal& mb = in.b;
   check_positive(fn, "epsilon", o.epsilon);
   if (o.iterations < 0) fail(fn, "'iterations' must be >= 0, got ", o.iterations);
-  const RowsView<T> gv = grad_view<T>(fn, "grad_C", grad, C.rows, C.cols);
+  const RowsView<T> gv = checked_grad_view<T>(fn, grad, "C", C, "grad_C");
   UnrolledSinkhorn us;
   auto at = [&C](std::ptrdiff_t i, std::ptrdiff_t j) { return C.row(i)[j]; };
   us.forward(C.rows, C.cols, at, ma.w.data(), mb.w.data(), o.epsilon, o.iterations);
@@ -983,13 +981,10 @@ inline std::vector<SinkhornResult<scalar_of_t<CM>>> sinkhorn_batch_impl(const AM
   const char* fn = "sinkhorn_batch";
   const auto av = rows_view(A);
   const auto bv = rows_view(B);
-  const auto C = rows_view(cost);
   const std::ptrdiff_t batch = av.rows, n = av.cols, m = bv.cols;
   if (batch <= 0 || n <= 0 || m <= 0) fail(fn, "'a' (", av.rows, "x", av.cols, ") and 'b' (", bv.rows, "x", bv.cols, ") must be non-empty");
   if (bv.rows != batch) fail(fn, "'b' has ", bv.rows, " rows, expected ", batch, " (one per problem, like 'a')");
-  if (C.rows != batch * n || C.cols != m)
-    fail(fn, "'C' has shape ", C.rows, "x", C.cols, ", expected ", batch * n, "x", m, " ([batch, n, m] as batch * n rows)");
-  if (!has_unit_inner_stride(cost)) fail(fn, "'C' must have contiguous rows (inner stride 1)");
+  const auto C = cost_view(fn, "C", cost, batch * n, m, "[batch, n, m] as batch * n rows");
   check_finite_cost(fn, "C", C);
   check_sinkhorn_options(fn, o, n, m);
   if (o.init_f.size() || o.init_g.size()) fail(fn, "warm starts are per problem: call sinkhorn for each");
@@ -1001,7 +996,7 @@ inline std::vector<SinkhornResult<scalar_of_t<CM>>> sinkhorn_batch_impl(const AM
     mb[std::size_t(k)] = read_marginal(fn, "b", brow, m, "one per column of each problem");
     check_balance(fn, ma[std::size_t(k)], mb[std::size_t(k)], o);
   }
-  const RowsView<T> gv = grad_view<T>(fn, "grad_C", grad, C.rows, C.cols);
+  const RowsView<T> gv = checked_grad_view<T>(fn, grad, "C", C, "grad_C");
   std::vector<SinkhornResult<T>> out(static_cast<std::size_t>(batch));
   parallel_ranges(batch, resolve_threads(o.threads, batch), [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
     for (std::ptrdiff_t k = b; k < e; ++k) {

@@ -53,28 +53,23 @@ inline bool is_symmetric(const RowsView<const T>& c) {
   return true;
 }
 
-inline Eigen::VectorXd centre_over(const Eigen::VectorXd& g, const Marginal& w) {
-  double mean = 0.0;
-  for (Eigen::Index i = 0; i < g.size(); ++i)
-    if (w.w[std::size_t(i)] > 0.0) mean += g[i];
-  return g.array() - mean / w.positive_count;
-}
-
 // The three problems on the given cost views; plans kept when `plans`.
 template <class T>
 struct DivergenceParts {
   SinkhornResult<T> ab, aa, bb;
 };
 
+// Each problem's marginal gradients are already centred over the positive masses (balanced
+// sinkhorn), so their combination is too.
 template <class T>
-inline SinkhornDivergenceResult combine(const DivergenceParts<T>& p, const Marginal& ma, const Marginal& mb) {
+inline SinkhornDivergenceResult combine(const DivergenceParts<T>& p) {
   SinkhornDivergenceResult r;
   r.ot_ab = p.ab.objective;
   r.ot_aa = p.aa.objective;
   r.ot_bb = p.bb.objective;
   r.value = r.ot_ab - 0.5 * (r.ot_aa + r.ot_bb);
-  r.grad_a = centre_over(p.ab.grad_a - 0.5 * (p.aa.grad_a + p.aa.grad_b), ma);
-  r.grad_b = centre_over(p.ab.grad_b - 0.5 * (p.bb.grad_a + p.bb.grad_b), mb);
+  r.grad_a = p.ab.grad_a - 0.5 * (p.aa.grad_a + p.aa.grad_b);
+  r.grad_b = p.ab.grad_b - 0.5 * (p.bb.grad_a + p.bb.grad_b);
   r.iterations = p.ab.iterations + p.aa.iterations + p.bb.iterations;
   r.converged = p.ab.converged && p.aa.converged && p.bb.converged;
   return r;
@@ -113,7 +108,7 @@ inline SinkhornDivergenceResult divergence_points_impl(const A& a, const X& x, c
   p.ab = solve_one<T>(rows_view(Cab), ma, mb, oo, RowsView<T>{}, resolve_threads(o.threads, xv.rows), same);
   p.aa = solve_one<T>(rows_view(Caa), ma, ma, oo, RowsView<T>{}, resolve_threads(o.threads, xv.rows), true);
   p.bb = solve_one<T>(rows_view(Cbb), mb, mb, oo, RowsView<T>{}, resolve_threads(o.threads, yv.rows), true);
-  SinkhornDivergenceResult r = combine(p, ma, mb);
+  SinkhornDivergenceResult r = combine(p);
   if (grads) {
     const std::ptrdiff_t d = xv.cols;
     RowMatrix<T> gx_ab(xv.rows, d), gy_ab(yv.rows, d), g1(xv.rows, d), g2(xv.rows, d), h1(yv.rows, d), h2(yv.rows, d);
@@ -144,14 +139,11 @@ inline SinkhornDivergenceResult divergence_costs_impl(const A& a, const B& b, co
   static_assert(std::is_same_v<T, scalar_of_t<C2>> && std::is_same_v<T, scalar_of_t<C3>>,
                 "losskit: the three cost matrices must have the same scalar type");
   const char* fn = "sinkhorn_divergence_costs";
-  const auto Cab = cost_view<T>(fn, rows_view(cab));
-  const auto Caa = rows_view(caa);
-  const auto Cbb = rows_view(cbb);
-  if (!has_unit_inner_stride(cab) || !has_unit_inner_stride(caa) || !has_unit_inner_stride(cbb))
-    fail(fn, "cost matrices must have contiguous rows (inner stride 1)");
+  const auto Cab = cost_view(fn, "C_ab", cab);
   const std::ptrdiff_t n = Cab.rows, m = Cab.cols;
-  if (Caa.rows != n || Caa.cols != n) fail(fn, "'C_aa' has shape ", Caa.rows, "x", Caa.cols, ", expected ", n, "x", n);
-  if (Cbb.rows != m || Cbb.cols != m) fail(fn, "'C_bb' has shape ", Cbb.rows, "x", Cbb.cols, ", expected ", m, "x", m);
+  const auto Caa = cost_view(fn, "C_aa", caa, n, n);
+  const auto Cbb = cost_view(fn, "C_bb", cbb, m, m);
+  check_finite_cost(fn, "C_ab", Cab);
   check_finite_cost(fn, "C_aa", Caa);
   check_finite_cost(fn, "C_bb", Cbb);
   const Marginal ma = read_marginal(fn, "a", a, n, "one per row of C_ab");
@@ -159,9 +151,9 @@ inline SinkhornDivergenceResult divergence_costs_impl(const A& a, const B& b, co
   check_sinkhorn_options(fn, o, n, m);
   check_divergence_options(fn, o);
   check_balance(fn, ma, mb, o);
-  const RowsView<T> gab = grad_view<T>(fn, "grad_C_ab", g_ab, n, m);
-  const RowsView<T> gaa = grad_view<T>(fn, "grad_C_aa", g_aa, n, n);
-  const RowsView<T> gbb = grad_view<T>(fn, "grad_C_bb", g_bb, m, m);
+  const RowsView<T> gab = checked_grad_view<T>(fn, g_ab, "C_ab", Cab, "grad_C_ab");
+  const RowsView<T> gaa = checked_grad_view<T>(fn, g_aa, "C_aa", Caa, "grad_C_aa");
+  const RowsView<T> gbb = checked_grad_view<T>(fn, g_bb, "C_bb", Cbb, "grad_C_bb");
   const SinkhornOptions oo = divergence_options(o, false);
   DivergenceParts<T> p;
   const bool same = ma.w == mb.w && n == m && is_symmetric(Cab);
@@ -174,7 +166,7 @@ inline SinkhornDivergenceResult divergence_costs_impl(const A& a, const B& b, co
   };
   halve(gaa);
   halve(gbb);
-  return combine(p, ma, mb);
+  return combine(p);
 }
 
 }  // namespace detail
