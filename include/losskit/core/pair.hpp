@@ -16,11 +16,14 @@
 //      with g_j = G_j * gfac_k read from a scratch row G and one factor per chunk.
 //
 // Pipelined rows (PairScratch built with `pipelined`, as run_pair does): write_grad() only
-// records the row's per-chunk coefficients and flips to the other set of scratch rows; the
-// gradient goes out inside the next row's stats() loop, at the same index, so the stores
-// overlap that row's exps instead of running as a pass of their own with the core waiting on
-// memory. A kernel with a chunk loop of its own calls flush_chunk() in it; flush() writes a
-// recorded row that nothing picked up (the last row of a thread).
+// records the row's per-chunk coefficients; the gradient goes out inside the next row's stats()
+// loop, at the same index, so the stores overlap that row's exps instead of running as a pass
+// of their own with the core waiting on memory. There is one set of scratch rows: at each index
+// the loop reads the recorded row's scratch values before it stores the new row's (read before
+// write, element by element), so the pipelining costs no scratch and the rows stay in L2 at wide
+// vocabularies. A kernel with a chunk loop of its own calls flush_chunk(k) before it writes
+// chunk k of the scratch; flush() writes a recorded row that nothing picked up (the last row
+// of a thread). After write_grad() / defer_grad() a kernel must not write the scratch rows.
 
 #include <cstddef>
 #include <cstdint>
@@ -60,22 +63,14 @@ struct PairScratch {
     }
   } pending;
   bool pipelined = false;
-  T* other[3] = {nullptr, nullptr, nullptr};  // the second set of rows (pipelined)
 
   explicit PairScratch(std::ptrdiff_t cols, bool spare = false, bool pipelined_rows = false)
       : pipelined(pipelined_rows) {
     const std::size_t n = std::size_t(cols), per = spare ? 3 : 2;
-    T* base = scratch<T>(n * per * (pipelined ? 2 : 1));
+    T* base = scratch<T>(n * per);
     es = base;
     et = base + n;
     ex = spare ? base + 2 * n : nullptr;
-    if (pipelined)
-      for (std::size_t j = 0; j < per; ++j) other[j] = base + (per + j) * n;
-  }
-  void swap_sets() {
-    std::swap(es, other[0]);
-    std::swap(et, other[1]);
-    if (ex) std::swap(ex, other[2]);
   }
   // Records `out` as the pending gradient row (coefficients per chunk from alpha(k), beta(k),
   // gamma(k)), writing any earlier one first. Not pipelined: written right away.
@@ -144,10 +139,7 @@ inline void PairScratch<T>::defer_grad(T* out, std::size_t n, bool stream, const
   d.G = G;
   d.n = n;
   d.stream = stream;
-  if (pipelined)
-    swap_sets();
-  else
-    flush();
+  if (!pipelined) flush();
 }
 
 // {a, b, x[0], ..., x[K-1]} as one aggregate (keeps the accumulators in registers).
@@ -204,7 +196,7 @@ struct PairRow {
           simd::prefetch(sp + i + chunk_elems<T>);
           simd::prefetch(tp + i + chunk_elems<T>);
         }
-        if (pout) {
+        if (pout) {  // read before this row's stores at i (one set of scratch rows)
           const V gv = d.template value<V>(pa, pb, pm, i);
           if (simd::is_batch<V> && pnt)
             simd::stream(pout + i, gv);
