@@ -4,7 +4,7 @@
 //   pairs; the reference log-probs are forward only.
 //
 //   floor    one streaming read of the policy and reference logits and one write of the gradient
-//   floor_traffic  the traffic of the computation itself: the policy read twice (forward, then
+//   floor_dpo  the traffic of the computation itself: the policy read twice (forward, then
 //            backward), the reference once, the gradient written once (3 reads + 1 write)
 //   losskit  sequence_logprobs(policy) + sequence_logprobs(ref) + the DPO scalar (inline below) +
 //            sequence_logprobs_backward reusing the forward's per-row lse (one streaming pass)
@@ -100,7 +100,7 @@ void BM_floor(benchmark::State& st) {
 // backward of a row trailing its forward by one sequence (kLen rows) and both in one loop where
 // they overlap (the most concurrent streams, as a fused kernel would have): out[r - kLen] =
 // policy[r - kLen] + policy[r] + ref[r]. No arithmetic beyond the adds.
-void BM_floor_traffic(benchmark::State& st) {
+void BM_floor_dpo(benchmark::State& st) {
   namespace d = losskit::detail;
   using losskit::simd::load;
   auto& in = inputs();
@@ -301,7 +301,7 @@ const std::vector<losskit_bench::Shape> kShape{{kRows, kVocab}};
 const int registered = [] {
   using losskit_bench::register_grid;
   register_grid("floor", kShape, {1, 2}, BM_floor);
-  register_grid("floor_traffic", kShape, {1, 2}, BM_floor_traffic);
+  register_grid("floor_dpo", kShape, {1, 2}, BM_floor_dpo);
   register_grid("dpo/losskit", kShape, {1, 2}, BM_losskit, Variant::reuse_lse);
   register_grid("dpo_recompute/losskit", kShape, {1, 2}, BM_losskit, Variant::recompute);
   register_grid("dpo_inplace/losskit", kShape, {1, 2}, BM_losskit, Variant::inplace);

@@ -78,13 +78,16 @@ def main(argv):
     print("|" + "---|" * len(keep))
     for row in table:
         print("| " + " | ".join(row[j] for j in keep) + " |")
-    # Further floors (floor_<what>/rows:...: a loop that moves some other traffic, e.g. what a
-    # computation must move at the least), as multiples of the floor and of each losskit kernel.
+    # A kernel's own floor (floor_<kernel>/rows:...: a loop that moves the traffic that kernel must
+    # move at the least, e.g. DPO's second read of the policy logits), as a multiple of the floor,
+    # and the ratio to it of each losskit kernel whose name starts with <kernel>.
     for (kern, impl, rows, cols, th), v in sorted(t.items()):
         if not kern.startswith("floor_"):
             continue
         fl = t.get(("floor", "floor", rows, cols, th))
-        lks = ", ".join(f"{k[0]} {t[k] / v:.2f}" for k in sorted(t) if k[1] == "losskit" and k[2:] == (rows, cols, th))
+        own = kern[len("floor_"):]
+        lks = ", ".join(f"{k[0]} {t[k] / v:.2f}" for k in sorted(t)
+                        if k[1] == "losskit" and k[0].startswith(own) and k[2:] == (rows, cols, th))
         print(f"\n{kern} {rows}x{cols}/{th}t: {v:.1f} ms" + (f" = {v / fl:.2f} x floor" if fl else "") +
               (f"; losskit / {kern}: {lks}" if lks else ""))
     for lab, tt in zip(labels[1:], extra):
