@@ -5,7 +5,9 @@
 //   ldr_kl_raw        LDR-KL on raw logits
 //   aldr_kl           AdaptiveLDR (ALDR-KL, L1 normalisation, one lambda step per row), N = rows
 //   elr               ELR (beta 0.7, lambda 3), N = rows: it also reads and writes one target-table
-//                     row per logits row, so its own floor is twice the one here
+//                     row per logits row, so its own floor is twice the one here:
+//   floor_elr         that traffic (2 reads + 2 writes: logits and target row in, gradient and
+//                     target row out); report.py prints elr's ratio to it
 // Shapes: 1024 x 32000 and 256 x 128256; threads 1 and 2. The ratios come from one run:
 //
 //   build/release/bench/bench_classification --benchmark_format=json > out.json
@@ -26,14 +28,14 @@ namespace {
 using losskit::RowMatrixXf;
 
 struct Inputs {
-  RowMatrixXf x, g;
+  RowMatrixXf x, g, table;  // table: a stand-in for ELR's target table (floor_elr)
   std::vector<std::int64_t> labels, ids;
 };
 
 // One input per shape, shared by every benchmark (built once).
 Inputs& inputs(Eigen::Index rows, Eigen::Index cols) {
   return losskit_bench::per_shape<Inputs>(rows, cols, [](Eigen::Index r, Eigen::Index c) {
-    Inputs in{RowMatrixXf(r, c), RowMatrixXf::Zero(r, c), {}, {}};
+    Inputs in{RowMatrixXf(r, c), RowMatrixXf::Zero(r, c), RowMatrixXf::Zero(r, c), {}, {}};
     std::mt19937 rng(7);
     std::uniform_int_distribution<std::int64_t> label(0, c - 1);
     losskit_bench::fill_normal(rng, {&in.x});
@@ -49,6 +51,36 @@ Inputs& inputs(Eigen::Index rows, Eigen::Index cols) {
 void BM_floor(benchmark::State& st) {
   auto& in = inputs(st.range(0), st.range(1));
   losskit_bench::time_floor(st, in.x, in.g);
+}
+
+// ---- ELR's traffic: g = x + table, table = x - table, one streaming pass ---------------------------
+void BM_floor_elr(benchmark::State& st) {
+  namespace simd = losskit::simd;
+  auto& in = inputs(st.range(0), st.range(1));
+  const std::size_t cols = std::size_t(in.x.cols());
+  for (auto _ : st) {
+    losskit::detail::parallel_ranges(in.x.rows(), int(st.range(2)), [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
+      const float* x = in.x.row(b).data();
+      float* g = in.g.row(b).data();
+      float* tab = in.table.row(b).data();
+      const auto aligned = [](const float* p) { return reinterpret_cast<std::uintptr_t>(p) % 64 == 0; };
+      const bool nt = aligned(g) && aligned(tab);
+      simd::for_lanes<float>(0, std::size_t(e - b) * cols, [&](auto tag, std::size_t i) {
+        using V = typename decltype(tag)::type;
+        const V xv = simd::load<V>(x + i), tv = simd::load<V>(tab + i);
+        if (simd::is_batch<V> && nt) {
+          simd::stream(g + i, xv + tv);
+          simd::stream(tab + i, xv - tv);
+        } else {
+          simd::store(g + i, xv + tv);
+          simd::store(tab + i, xv - tv);
+        }
+      });
+      simd::stream_fence();
+    });
+    benchmark::ClobberMemory();
+  }
+  losskit_bench::set_counters(st, in.x.rows(), in.x.cols(), 4);
 }
 
 // ---- losskit -------------------------------------------------------------------------------------
@@ -109,6 +141,7 @@ const std::vector<losskit_bench::Shape> kShapes{{1024, 32000}, {256, 128256}};
 
 const int registered = [] {
   losskit_bench::register_grid("floor", kShapes, {1, 2}, BM_floor);
+  losskit_bench::register_grid("floor_elr", kShapes, {1, 2}, BM_floor_elr);
   for (const auto& [name, fn] : kernels()) {
     (void)fn;
     losskit_bench::register_grid(name + "/losskit", kShapes, {1, 2}, BM_losskit, name);

@@ -4,6 +4,8 @@
 //   pairs; the reference log-probs are forward only.
 //
 //   floor    one streaming read of the policy and reference logits and one write of the gradient
+//   floor_dpo  the traffic of the computation itself: the policy read twice (forward, then
+//            backward), the reference once, the gradient written once (3 reads + 1 write)
 //   losskit  sequence_logprobs(policy) + sequence_logprobs(ref) + the DPO scalar (inline below) +
 //            sequence_logprobs_backward reusing the forward's per-row lse (one streaming pass)
 //   variants dpo_recompute: the backward recomputes the row statistics (no forward result);
@@ -90,6 +92,49 @@ void BM_floor(benchmark::State& st) {
   auto& in = inputs();
   losskit_bench::time_floor(st, in.policy, in.ref, in.grad);
   st.counters["loss"] = 0.0;
+}
+
+// ---- the traffic DPO itself must move: 3 reads + 1 write ------------------------------------------
+// The policy logits are read twice (the forward, then the backward once the pair's coefficient is
+// known), the reference once, the gradient written once. This loop moves exactly that, with the
+// backward of a row trailing its forward by one sequence (kLen rows) and both in one loop where
+// they overlap (the most concurrent streams, as a fused kernel would have): out[r - kLen] =
+// policy[r - kLen] + policy[r] + ref[r]. No arithmetic beyond the adds.
+void BM_floor_dpo(benchmark::State& st) {
+  namespace d = losskit::detail;
+  using losskit::simd::load;
+  auto& in = inputs();
+  const std::size_t n = std::size_t(kVocab);
+  double sink = 0.0;
+  for (auto _ : st) {
+    std::vector<double> part(2, 0.0);
+    d::parallel_ranges(kRows, int(st.range(2)), [&](int tid, std::ptrdiff_t b, std::ptrdiff_t e) {
+      for (std::ptrdiff_t r = b; r < e + kLen; ++r) {
+        const float* pf = r < e ? in.policy.row(r).data() : nullptr;  // forward reads
+        const float* rf = r < e ? in.ref.row(r).data() : nullptr;
+        const bool back = r - kLen >= b;
+        if (back) {
+          const float* pb = in.policy.row(r - kLen).data();
+          float* out = in.grad.row(r - kLen).data();
+          d::store_row<float>(out, 0, n, true, [&](auto tag, std::size_t i) {
+            using V = typename decltype(tag)::type;
+            const V v = load<V>(pb + i);
+            return pf ? v + load<V>(pf + i) + load<V>(rf + i) : v;
+          });
+        } else {
+          part[std::size_t(tid)] += losskit::simd::sum_lanes<float, 1>(0, n, [&](auto tag, std::size_t i) {
+            using V = typename decltype(tag)::type;
+            return std::array<V, 1>{load<V>(pf + i) + load<V>(rf + i)};
+          })[0];
+        }
+      }
+      losskit::simd::stream_fence();
+    });
+    sink += part[0] + part[1];
+    benchmark::DoNotOptimize(sink);
+    benchmark::ClobberMemory();
+  }
+  losskit_bench::set_counters(st, kRows, kVocab, 4);
 }
 
 // ---- losskit -------------------------------------------------------------------------------------
@@ -256,6 +301,7 @@ const std::vector<losskit_bench::Shape> kShape{{kRows, kVocab}};
 const int registered = [] {
   using losskit_bench::register_grid;
   register_grid("floor", kShape, {1, 2}, BM_floor);
+  register_grid("floor_dpo", kShape, {1, 2}, BM_floor_dpo);
   register_grid("dpo/losskit", kShape, {1, 2}, BM_losskit, Variant::reuse_lse);
   register_grid("dpo_recompute/losskit", kShape, {1, 2}, BM_losskit, Variant::recompute);
   register_grid("dpo_inplace/losskit", kShape, {1, 2}, BM_losskit, Variant::inplace);

@@ -78,6 +78,18 @@ def main(argv):
     print("|" + "---|" * len(keep))
     for row in table:
         print("| " + " | ".join(row[j] for j in keep) + " |")
+    # A kernel's own floor (floor_<kernel>/rows:...: a loop that moves the traffic that kernel must
+    # move at the least, e.g. DPO's second read of the policy logits), as a multiple of the floor,
+    # and the ratio to it of each losskit kernel whose name starts with <kernel>.
+    for (kern, impl, rows, cols, th), v in sorted(t.items()):
+        if not kern.startswith("floor_"):
+            continue
+        fl = t.get(("floor", "floor", rows, cols, th))
+        own = kern[len("floor_"):]
+        lks = ", ".join(f"{k[0]} {t[k] / v:.2f}" for k in sorted(t)
+                        if k[1] == "losskit" and k[0].startswith(own) and k[2:] == (rows, cols, th))
+        print(f"\n{kern} {rows}x{cols}/{th}t: {v:.1f} ms" + (f" = {v / fl:.2f} x floor" if fl else "") +
+              (f"; losskit / {kern}: {lks}" if lks else ""))
     for lab, tt in zip(labels[1:], extra):
         fl = {k: v for k, v in tt.items() if k[0] == "floor"}
         print(f"\nfloor in the {lab} run: " + ", ".join(f"{k[2]}x{k[3]}/{k[4]}t {v:.1f} ms" for k, v in sorted(fl.items())))

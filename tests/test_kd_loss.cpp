@@ -204,6 +204,34 @@ TEMPLATE_TEST_CASE("kd_loss: ignored rows, -inf logits, threads, in place", "[kd
   }
 }
 
+// 300 x 8192 floats is 9.8 MB: written with streaming stores; each half stays below 8 MB. Rows
+// are pipelined (a row's gradient goes out during the next row's pass, its target entry after
+// the row), so this checks the hand-over, the last row of each thread and both kinds of stores.
+TEST_CASE("kd_loss: large gradients (non-temporal stores) equal the same rows computed in small pieces", "[kd_loss][large]") {
+  const auto s = lktest::random_logits<float>(300, 8192, 1), t = lktest::random_logits<float>(300, 8192, 2);
+  const auto y = some_labels(300, 8192);
+  const std::vector<std::int64_t> y1(y.begin(), y.begin() + 150), y2(y.begin() + 150, y.end());
+  for (const double temp : {1.0, 2.0}) {
+    CAPTURE(temp);
+    KdLossOptions o;
+    o.reduction = Reduction::sum;
+    o.temperature = temp;
+    o.alpha = 0.3;
+    RowMatrix<float> whole(300, 8192), parts = RowMatrix<float>::Zero(300, 8192);
+    const double v = losskit::kd_loss(s, t, y, whole, o).value;
+    const double v1 = losskit::kd_loss(s.topRows(150), t.topRows(150), y1, parts.topRows(150), o).value;
+    const double v2 = losskit::kd_loss(s.bottomRows(150), t.bottomRows(150), y2, parts.bottomRows(150), o).value;
+    CHECK_THAT(v, WithinRel(v1 + v2, 1e-12));
+    CHECK(whole == parts);
+    // the target entries: softmax_y - 1 terms, negative where the others are mostly positive
+    for (Eigen::Index r = 0; r < 300; r += 37) CHECK(whole(r, y[std::size_t(r)]) < 0.0f);
+    RowMatrix<float> g2(300, 8192);
+    o.threads = 2;
+    CHECK(losskit::kd_loss(s, t, y, g2, o).value == v);
+    CHECK(g2 == whole);
+  }
+}
+
 TEST_CASE("kd_loss: errors; labels out of range are std::out_of_range naming row and value", "[kd_loss][errors]") {
   const auto s = lktest::random_logits<float>(4, 10, 1), t = lktest::random_logits<float>(4, 10, 2);
   RowMatrix<float> g = RowMatrix<float>::Constant(4, 10, 42.f);

@@ -45,8 +45,10 @@
 // next chunk for its max, so memory traffic overlaps the arithmetic; the argmax is searched for
 // once per row, in the first chunk holding the row's max. lse and the per-chunk factors come from
 // ChunkedSoftmax (core/softmax.hpp). The gradient g_j = ex_j alpha_k - C w_j of a row is written
-// while the next row is read (rows are pipelined through two scratch rows; the last row of a
-// thread is written by run_rows' finish hook), with non-temporal stores for outputs of 8 MB and
+// while the next row is read (rows are pipelined: at each index the previous row's exp is read
+// before the next row's replaces it, so one scratch row serves both; with softcap the capped
+// logits need two, as the next chunk's are computed ahead; the last row of a thread is written
+// by run_rows' finish hook), with non-temporal stores for outputs of 8 MB and
 // more. `grad` may be the logits themselves: a row's gradient is written only after that row has
 // been read. The target entry is computed in double and rounded once (p_y - 1 cancels as
 // p_y -> 1); sums are kept in T lanes within a chunk and in double across chunks.
@@ -166,12 +168,15 @@ inline std::array<double, K> sum_and_next_max(std::size_t b, std::size_t e, std:
 
 // Per-thread state. Rows are pipelined: the gradient of a row is written chunk by chunk while
 // the next row's logits are read (the two memory streams overlap, as in a plain streaming
-// loop), so each row's exps live in one of two scratch rows until the next row is done.
+// loop). A row's exps stay in `ex` until the next row's loop has read them, index by index,
+// just before it stores its own there (one row of scratch: at 128k classes two would not fit
+// in L2 beside the streams). The capped logits of the next chunk are computed while the
+// current one runs, ahead of the pending reads, so they alternate between two rows.
 template <class T>
 struct CrossEntropyScratch {
-  T* ex[2];      // exps of a row, relative to each chunk's max (ping-pong)
+  T* ex;         // exps of a row, relative to each chunk's max
   T* capped[2];  // softcap: the capped logits s (ping-pong)
-  int cur = 0;   // the half the current row uses
+  int cur = 0;   // the half of `capped` the current row uses
   ChunkedSoftmax<T> sm;
   // The gradient still to be written: g_j = ex_j alpha_k - C w_j (times the softcap factor),
   // then g[y] = g_y (computed in double).
@@ -180,12 +185,10 @@ struct CrossEntropyScratch {
   T C = T(0), g_y = T(0);
   std::size_t y = 0;
   CrossEntropyScratch(std::size_t n, bool cap) {
-    const std::size_t halves = cap ? 4 : 2;
-    T* base = scratch<T>(halves * n);
-    ex[0] = base;
-    ex[1] = base + n;
-    capped[0] = cap ? base + 2 * n : nullptr;
-    capped[1] = cap ? base + 3 * n : nullptr;
+    T* base = scratch<T>((cap ? 3 : 1) * n);
+    ex = base;
+    capped[0] = cap ? base + n : nullptr;
+    capped[1] = cap ? base + 2 * n : nullptr;
     alpha.resize(chunk_count(n, chunk_elems<T>));
   }
 };
@@ -207,7 +210,7 @@ struct CrossEntropyRow {
   unsigned char* hit;
   double* lse_out;
 
-  // Chunk k of the pending gradient (the previous row's), from the other half of the scratch:
+  // Chunk k of the pending gradient (the previous row's), from the scratch (capped: the other half):
   // g_j = ex_j alpha_k - C w_j, times (1 - (s_j / cap)^2) with softcap.
   struct PendingChunk {
     T* out;
@@ -219,7 +222,7 @@ struct CrossEntropyRow {
   PendingChunk pending_chunk(const CrossEntropyScratch<T>& w, std::size_t k, std::size_t b) const {
     const int h = w.cur ^ 1;
     const bool nt = stream && reinterpret_cast<std::uintptr_t>(w.pending + b) % sizeof(simd::batch<T>) == 0;
-    return {w.pending, w.ex[h], w.capped[h], w.alpha[k], w.C, nt};
+    return {w.pending, w.ex, w.capped[h], w.alpha[k], w.C, nt};
   }
   template <class V>
   V pending_value(const PendingChunk& p, std::size_t i) const {
@@ -267,7 +270,7 @@ struct CrossEntropyRow {
     const T* z = x.row(r);
     const std::size_t y = std::size_t(labels[std::size_t(r)]);
     ChunkedSoftmax<T>& sm = w.sm;
-    T* ex = w.ex[w.cur];
+    T* ex = w.ex;
     T* capped = w.capped[w.cur];
     const T* src = Cap ? capped : z;  // what the softmax sees (s)
     sm.reset(n);
@@ -301,9 +304,9 @@ struct CrossEntropyRow {
             using V = typename decltype(tag)::type;
             if constexpr (simd::is_batch<V>) simd::prefetch(z + i + 2 * C);  // the chunk after next streams in
             const V s = simd::load<V>(src + i);
+            if (pend) put_pending<V>(p, i);  // the previous row's gradient goes out meanwhile (reads ex[i] first)
             const V e_i = simd::exp2_ftz((s - V(shift)) * V(log2e));  // exp(s - shift); 0 at -inf
             simd::store(ex + i, e_i);
-            if (pend) put_pending<V>(p, i);  // the previous row's gradient goes out meanwhile
             if constexpr (Smooth == 0) {
               return std::array<V, 1>{e_i};
             } else if constexpr (Smooth == 1) {

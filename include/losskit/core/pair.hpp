@@ -16,11 +16,14 @@
 //      with g_j = G_j * gfac_k read from a scratch row G and one factor per chunk.
 //
 // Pipelined rows (PairScratch built with `pipelined`, as run_pair does): write_grad() only
-// records the row's per-chunk coefficients and flips to the other set of scratch rows; the
-// gradient goes out inside the next row's stats() loop, at the same index, so the stores
-// overlap that row's exps instead of running as a pass of their own with the core waiting on
-// memory. A kernel with a chunk loop of its own calls flush_chunk() in it; flush() writes a
-// recorded row that nothing picked up (the last row of a thread).
+// records the row's per-chunk coefficients; the gradient goes out inside the next row's stats()
+// loop, at the same index, so the stores overlap that row's exps instead of running as a pass
+// of their own with the core waiting on memory. There is one set of scratch rows: at each index
+// the loop reads the recorded row's scratch values before it stores the new row's (read before
+// write, element by element), so the pipelining costs no scratch and the rows stay in L2 at wide
+// vocabularies. A kernel with a chunk loop of its own calls flush_chunk(k) before it writes
+// chunk k of the scratch; flush() writes a recorded row that nothing picked up (the last row
+// of a thread). After write_grad() / defer_grad() a kernel must not write the scratch rows.
 
 #include <cstddef>
 #include <cstdint>
@@ -44,13 +47,18 @@ struct PairScratch {
   std::vector<double> chunk;  // one value per chunk for a kernel's `extra` hook
 
   // A gradient row recorded by a pipelined write_grad, not yet written:
-  //   out_i = es_i * (alpha_k + gamma_k * G_i) + beta_k * G_i   over chunk k.
+  //   out_i = E_i * (alpha_k + gamma_k * G_i) + beta_k * G_i   over chunk k
+  // (E and G two scratch rows, E = es unless a kernel names another), then optionally one entry
+  // out[fix] = fix_value (computed apart, e.g. in double; set after the streamed row is fenced).
+  static constexpr std::size_t no_fix = std::size_t(-1);
   struct Pending {
     T* out = nullptr;
     const T* es = nullptr;
     const T* G = nullptr;
     std::size_t n = 0;
     bool stream = false;
+    std::size_t fix = no_fix;
+    T fix_value = T(0);
     std::vector<T> alpha, beta, gamma;
     // out_i with chunk k's coefficients a = alpha_k, c = beta_k, m = gamma_k.
     template <class V>
@@ -60,36 +68,31 @@ struct PairScratch {
     }
   } pending;
   bool pipelined = false;
-  T* other[3] = {nullptr, nullptr, nullptr};  // the second set of rows (pipelined)
 
   explicit PairScratch(std::ptrdiff_t cols, bool spare = false, bool pipelined_rows = false)
       : pipelined(pipelined_rows) {
     const std::size_t n = std::size_t(cols), per = spare ? 3 : 2;
-    T* base = scratch<T>(n * per * (pipelined ? 2 : 1));
+    T* base = scratch<T>(n * per);
     es = base;
     et = base + n;
     ex = spare ? base + 2 * n : nullptr;
-    if (pipelined)
-      for (std::size_t j = 0; j < per; ++j) other[j] = base + (per + j) * n;
-  }
-  void swap_sets() {
-    std::swap(es, other[0]);
-    std::swap(et, other[1]);
-    if (ex) std::swap(ex, other[2]);
   }
   // Records `out` as the pending gradient row (coefficients per chunk from alpha(k), beta(k),
-  // gamma(k)), writing any earlier one first. Not pipelined: written right away.
+  // gamma(k); the entry `fix` set to fix_value last), writing any earlier one first. Not
+  // pipelined: written right away.
   template <class Alpha, class Beta, class Gamma>
-  void defer_grad(T* out, std::size_t n, bool stream, const T* G, Alpha&& alpha, Beta&& beta, Gamma&& gamma);
+  void defer_grad(T* out, std::size_t n, bool stream, const T* E, const T* G, Alpha&& alpha, Beta&& beta,
+                  Gamma&& gamma, std::size_t fix = no_fix, T fix_value = T(0));
   template <class Alpha, class Beta>
   void defer_grad(T* out, std::size_t n, bool stream, const T* G, Alpha&& alpha, Beta&& beta) {
-    defer_grad(out, n, stream, G, alpha, beta, [](std::size_t) { return 0.0; });
+    defer_grad(out, n, stream, es, G, alpha, beta, [](std::size_t) { return 0.0; });
   }
   // Chunk k = [b, e) of the pending row; end_pending() after the last chunk. For kernels with
   // a chunk loop of their own (stats() writes the pending row element by element).
   void flush_chunk(std::size_t k, std::size_t b, std::size_t e);
   void end_pending() {
     if (pending.stream) simd::stream_fence();
+    if (pending.fix != no_fix) pending.out[pending.fix] = pending.fix_value;
     pending.out = nullptr;
   }
   // Writes the pending row, if any, as one pass of its own.
@@ -126,8 +129,8 @@ inline void PairScratch<T>::flush_chunk(std::size_t k, std::size_t b, std::size_
 
 template <class T>
 template <class Alpha, class Beta, class Gamma>
-inline void PairScratch<T>::defer_grad(T* out, std::size_t n, bool stream, const T* G, Alpha&& alpha, Beta&& beta,
-                                       Gamma&& gamma) {
+inline void PairScratch<T>::defer_grad(T* out, std::size_t n, bool stream, const T* E, const T* G, Alpha&& alpha,
+                                       Beta&& beta, Gamma&& gamma, std::size_t fix, T fix_value) {
   flush();
   auto& d = pending;
   const std::size_t chunks = chunk_count(n, chunk_elems<T>);
@@ -140,20 +143,20 @@ inline void PairScratch<T>::defer_grad(T* out, std::size_t n, bool stream, const
     d.gamma[k] = T(gamma(k));
   }
   d.out = out;
-  d.es = es;
+  d.es = E;
   d.G = G;
+  d.fix = fix;
+  d.fix_value = fix_value;
   d.n = n;
   d.stream = stream;
-  if (pipelined)
-    swap_sets();
-  else
-    flush();
+  if (!pipelined) flush();
 }
 
-// {a, b, x[0], ..., x[K-1]} as one aggregate (keeps the accumulators in registers).
-template <class V, class X, std::size_t... J>
-inline std::array<V, sizeof...(J) + 2> prepend(const V& a, const V& b, const X& x, std::index_sequence<J...>) {
-  return {a, b, x[J]...};
+// {a, b, x[0], ..., x[K-1], tail...} as one aggregate (keeps the accumulators in registers).
+template <class V, class X, std::size_t... J, class... Tail>
+inline std::array<V, sizeof...(J) + 2 + sizeof...(Tail)> prepend(const V& a, const V& b, const X& x,
+                                                                 std::index_sequence<J...>, const Tail&... tail) {
+  return {a, b, x[J]..., tail...};
 }
 
 template <class T>
@@ -172,16 +175,20 @@ struct PairRow {
   // extra(lanes<V>, i, s_i, t_i, es_i, et_i) -> std::array<V, K>, computed while everything is
   // in registers. Chunk k's extra sums land in w.chunk[k * K + j] (relative to the chunk's own
   // shifts: multiply by the chunk factors to merge). With KeepTeacher = false the teacher's
-  // exps are not stored: et is free for the kernel's extra to store a row of its own.
-  template <std::size_t K, bool KeepTeacher = true, class Extra>
+  // exps are not stored: et is free for the kernel's extra to store a row of its own. With
+  // StudentAtOne the student's softmax at temperature 1 is taken too (temperature KD's hard
+  // term): exps into ex (same shifts), statistics into w.m.
+  template <std::size_t K, bool KeepTeacher = true, bool StudentAtOne = false, class Extra>
   void stats(Extra&& extra) {
     w.q.reset(n);
     w.p.reset(n);
+    if constexpr (StudentAtOne) w.m.reset(n);
     w.chunk.assign(chunk_count(n, chunk_elems<T>) * K, 0.0);
     const T* sp = s;
     const T* tp = t;
     T* es = w.es;
     T* et = w.et;
+    [[maybe_unused]] T* ex = w.ex;
     const T it = inv_t;
     // The previous row's gradient (pipelined), written at the indices this loop visits.
     auto& d = w.pending;
@@ -198,13 +205,13 @@ struct PairRow {
       // first (exact near the maximum): folding -shift c into an fma would round it once per
       // chunk, an error of ~1e-6 for logits near 30 that no recorded shift accounts for.
       const T c = it * simd::log2e<T>;
-      const auto sums = simd::sum_lanes<T, K + 2>(b, e, [&](auto tag, std::size_t i) {
+      const auto sums = simd::sum_lanes<T, K + 2 + (StudentAtOne ? 1 : 0)>(b, e, [&](auto tag, std::size_t i) {
         using V = typename decltype(tag)::type;
         if constexpr (simd::is_batch<V>) {  // the next chunk streams in while this one computes
           simd::prefetch(sp + i + chunk_elems<T>);
           simd::prefetch(tp + i + chunk_elems<T>);
         }
-        if (pout) {
+        if (pout) {  // read before this row's stores at i (one set of scratch rows)
           const V gv = d.template value<V>(pa, pb, pm, i);
           if (simd::is_batch<V> && pnt)
             simd::stream(pout + i, gv);
@@ -215,15 +222,23 @@ struct PairRow {
         const V ev = simd::exp2_ftz((sv - V(ss)) * V(c)), fv = simd::exp2_ftz((tv - V(st)) * V(c));
         simd::store(es + i, ev);
         if constexpr (KeepTeacher) simd::store(et + i, fv);
-        return prepend(ev, fv, extra(tag, i, sv, tv, ev, fv), std::make_index_sequence<K>{});
+        if constexpr (StudentAtOne) {
+          const V e1 = simd::exp2_ftz((sv - V(ss)) * V(simd::log2e<T>));
+          simd::store(ex + i, e1);
+          return prepend(ev, fv, extra(tag, i, sv, tv, ev, fv), std::make_index_sequence<K>{}, e1);
+        } else {
+          return prepend(ev, fv, extra(tag, i, sv, tv, ev, fv), std::make_index_sequence<K>{});
+        }
       });
       w.q.record(k, ss, it, sums[0]);
       w.p.record(k, st, it, sums[1]);
       for (std::size_t j = 0; j < K; ++j) w.chunk[k * K + j] = sums[j + 2];
+      if constexpr (StudentAtOne) w.m.record(k, ss, T(1), sums[K + 2]);
     });
     if (pout) w.end_pending();
     w.q.finish(student_log_probs);
     w.p.finish(teacher_log_probs);
+    if constexpr (StudentAtOne) w.m.finish(student_log_probs);
   }
   void stats() {
     stats<0>([](auto, std::size_t, const auto&, const auto&, const auto&, const auto&) { return std::array<int, 0>{}; });

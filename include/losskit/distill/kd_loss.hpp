@@ -18,11 +18,13 @@
 // -inf gives +inf. A -inf target logit gives CE = +inf for that row. A term whose weight is 0
 // (alpha = 0 or alpha = 1) contributes exactly 0, even when it is infinite.
 //
-// Numerics: one streaming pass over both rows in chunks of 8 KiB takes three softmaxes per
-// chunk (student at 1, student at 1/T, teacher at 1/T; two when T = 1) into scratch rows,
-// with the KL sum riding along; then one pass writes the gradient from the scratch rows. The
-// target-class entry is recomputed in double (softmax_y - 1 cancels as softmax_y -> 1).
-// `grad` may be the student (or the teacher) logits.
+// Numerics: one streaming pass over both rows in chunks of 8 KiB (core/pair.hpp's
+// PairRow::stats) takes three softmaxes per chunk (student at 1, student at 1/T, teacher at
+// 1/T; two when T = 1) into scratch rows, with the KL sum riding along; the row's gradient is
+// written during the next row's pass (pipelined rows; with T != 1 after one pass in L2 that
+// combines the two softmaxes at 1/T). The target-class entry is computed in double
+// (softmax_y - 1 cancels as softmax_y -> 1) and set after the row. `grad` may be the student
+// (or the teacher) logits.
 
 #include <cmath>
 #include <cstddef>
@@ -39,6 +41,7 @@
 #include "losskit/core/softmax.hpp"
 #include "losskit/core/types.hpp"
 #include "losskit/core/views.hpp"
+#include "losskit/divergence/kl_div.hpp"
 
 namespace losskit {
 
@@ -79,82 +82,45 @@ struct KdRow {
   double* kl_out;
 
   double operator()(PairScratch<T>& w, std::ptrdiff_t r, T* grad, double scale) const {
-    const T* sp = s.row(r);
-    const T* tp = t.row(r);
-    T* es = w.es;  // student at 1/T
-    T* et = w.et;  // teacher at 1/T
-    T* e1 = Same ? w.es : w.ex;  // student at 1
-    ChunkedSoftmax<T>& one = Same ? w.q : w.m;
-    w.q.reset(n);
-    w.p.reset(n);
-    if (!Same) w.m.reset(n);
-    w.chunk.resize(chunk_count(n, chunk_elems<T>));
-    const T it = inv_t, c = inv_t * simd::log2e<T>, c1 = simd::log2e<T>;
-    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
-      const T ms = ChunkedSoftmax<T>::shift_for(
-          simd::max_lanes<T>(b, e, [sp](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(sp + i); }));
-      const T mt = ChunkedSoftmax<T>::shift_for(
-          simd::max_lanes<T>(b, e, [tp](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(tp + i); }));
-      constexpr std::size_t K = Same ? 3 : 4;
-      const auto sums = simd::sum_lanes<T, K>(b, e, [&](auto tag, std::size_t i) {
-        using V = typename decltype(tag)::type;
-        if constexpr (simd::is_batch<V>) {  // the next chunk streams in while this one computes
-          simd::prefetch(sp + i + chunk_elems<T>);
-          simd::prefetch(tp + i + chunk_elems<T>);
-        }
-        const V sv = simd::load<V>(sp + i), tv = simd::load<V>(tp + i);
-        const V ds = sv - V(ms);
-        const V q = simd::exp2_ftz(ds * V(c)), p = simd::exp2_ftz((tv - V(mt)) * V(c));
-        simd::store(es + i, q);
-        simd::store(et + i, p);
-        const V kl = simd::where(p > V(T(0)), p * (tv - sv));
-        if constexpr (Same) {
-          return std::array<V, 3>{q, p, kl};
-        } else {
-          const V q1 = simd::exp2_ftz(ds * V(c1));
-          simd::store(e1 + i, q1);
-          return std::array<V, 4>{q, p, kl, q1};
-        }
-      });
-      w.q.record(k, ms, it, sums[0]);
-      w.p.record(k, mt, it, sums[1]);
-      w.chunk[k] = sums[2];
-      if constexpr (!Same) w.m.record(k, ms, T(1), sums[3]);
-    });
-    const double lse_q = w.q.finish(false), lse_p = w.p.finish(false);
-    const double lse1 = Same ? lse_q : w.m.finish(false);
-    const double gap = lse_p - lse_q;
-    const double kl = w.p.merge(w.chunk, double(it), -gap);
+    PairRow<T> row{s.row(r), t.row(r), n, inv_t, false, false, w, stream};
+    // Softmaxes at 1/T of both rows (es, et), of the student at 1 (ex, w.m; the same as es when
+    // T = 1), and the KL sum, in one pass; the previous row's gradient goes out meanwhile.
+    row.template stats<1, true, !Same>(KlTerm{});
+    const ChunkedSoftmax<T>& one = Same ? w.q : w.m;
+    const T* e1 = Same ? w.es : w.ex;
+    const double lse1 = one.lse(), gap = w.p.lse() - w.q.lse();
+    const double kl = w.p.merge(w.chunk, double(inv_t), -gap);
     const std::size_t y = std::size_t(labels[std::size_t(r)]);
-    const double ce = lse1 - double(sp[y]);
+    const double ce = lse1 - double(row.s[y]);
     ce_out[r] = ce;
     kl_out[r] = kl;
 
     if (grad) {
-      // g = a1 (softmax(z) - e_y) + a2 (q - p)
+      // g = a1 (softmax(z) - e_y) + a2 (q - p); the target entry in double (softmax_y - 1
+      // cancels as softmax_y -> 1), set after the row.
       const double a1 = scale * alpha, a2 = scale * g_soft;
-      for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
-        const double qf = w.q.factor_d(k);
-        const T B = T(a2 * w.p.factor_d(k));
-        if constexpr (Same) {
-          const T A = T((a1 + a2) * qf);
-          store_row<T>(grad, b, e, stream, [&](auto tag, std::size_t i) {
-            using V = typename decltype(tag)::type;
-            return V(A) * simd::load<V>(es + i) - V(B) * simd::load<V>(et + i);
-          });
-        } else {
-          const T A = T(a1 * one.factor_d(k)), C = T(a2 * qf);
-          store_row<T>(grad, b, e, stream, [&](auto tag, std::size_t i) {
-            using V = typename decltype(tag)::type;
-            return V(A) * simd::load<V>(e1 + i) + V(C) * simd::load<V>(es + i) - V(B) * simd::load<V>(et + i);
-          });
-        }
-      });
-      if (stream) simd::stream_fence();  // the target entry below must land after the streamed row
       const std::size_t ky = y / chunk_elems<T>;
-      const double p1 = double(e1[y]) * one.factor_d(ky);
-      const double qy = double(es[y]) * w.q.factor_d(ky), py = double(et[y]) * w.p.factor_d(ky);
-      grad[y] = T(a1 * (p1 - 1.0) + a2 * (qy - py));
+      const double qy = double(w.es[y]) * w.q.factor_d(ky), py = double(w.et[y]) * w.p.factor_d(ky);
+      const T gy = T(a1 * (double(e1[y]) * one.factor_d(ky) - 1.0) + a2 * (qy - py));
+      auto zero = [](std::size_t) { return 0.0; };
+      if constexpr (Same) {  // g = (a1 + a2) q - a2 p
+        w.defer_grad(
+            grad, n, stream, w.es, w.et, [&](std::size_t k) { return (a1 + a2) * w.q.factor_d(k); },
+            [&](std::size_t k) { return -a2 * w.p.factor_d(k); }, zero, y, gy);
+      } else {  // g = a1 softmax(z) + G,  G = a2 (q - p) formed in et first (L2)
+        T* et = w.et;
+        const T* es = w.es;
+        for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
+          const T C = T(a2 * w.q.factor_d(k)), B = T(a2 * w.p.factor_d(k));
+          simd::for_lanes<T>(b, e, [=](auto tag, std::size_t i) {
+            using V = typename decltype(tag)::type;
+            simd::store(et + i, V(C) * simd::load<V>(es + i) - V(B) * simd::load<V>(et + i));
+          });
+        });
+        w.defer_grad(
+            grad, n, stream, e1, et, [&](std::size_t k) { return a1 * one.factor_d(k); },
+            [](std::size_t) { return 1.0; }, zero, y, gy);
+      }
     }
     return (alpha != 0.0 ? alpha * ce : 0.0) + (soft != 0.0 ? soft * kl : 0.0);
   }
@@ -172,9 +138,13 @@ inline KdResult run_kd_loss(const RowsView<const T>& s, const RowsView<const T>&
   auto go = [&](auto same) {
     constexpr bool Same = decltype(same)::value;
     const KdRow<T, Same> row{s, t, labels, n, T(1.0 / temp), o.alpha, soft, soft / temp, stream, ce.data(), kl.data()};
+    // Rows pipelined as in the divergences (core/pair.hpp): a row's gradient is written during
+    // the next row's pass; the last row's by the finish hook.
+    const bool pipelined = g.data != nullptr && s.rows > 1;
     return run_rows<T>(
-        plan, s.rows, g, [n] { return PairScratch<T>(std::ptrdiff_t(n), !Same); },
-        [&row](PairScratch<T>& w, std::ptrdiff_t r, T* grad, double scale) { return row(w, r, grad, scale); });
+        plan, s.rows, g, [n, pipelined] { return PairScratch<T>(std::ptrdiff_t(n), !Same, pipelined); },
+        [&row](PairScratch<T>& w, std::ptrdiff_t r, T* grad, double scale) { return row(w, r, grad, scale); },
+        [](PairScratch<T>& w) { w.flush(); });
   };
   KdResult out;
   static_cast<LossResult&>(out) = temp == 1.0 ? go(std::true_type{}) : go(std::false_type{});

@@ -37,10 +37,10 @@ struct CauchySchwarzDiv {
     const bool pending = w.pending.out && w.pending.n == r.n;
     if (!pending) w.flush();
     for_chunks<T>(r.n, [&](std::size_t k, std::size_t b, std::size_t e) {
+      if (pending) w.flush_chunk(k, b, e);  // the previous row's gradient, before its scratch is reused
       w.q.chunk(k, b, e, two, sv, w.es, s);
       w.p.chunk(k, b, e, two, tv, w.et, t);
       w.m.chunk(k, b, e, r.inv_t, stv, w.ex);
-      if (pending) w.flush_chunk(k, b, e);  // the previous row's gradient (pipelined rows)
     });
     if (pending) w.end_pending();
     const double value = w.q.finish(false) + w.p.finish(false) - 2.0 * w.m.finish(false);

@@ -15,6 +15,15 @@
 namespace losskit {
 namespace detail {
 
+// The per-chunk sum of p_i (t_i - s_i) riding in PairRow::stats (p = 0: no term, even at -inf);
+// merged with the teacher's chunk factors it is KL(p || q) + (lse_q - lse_p) / T.
+struct KlTerm {
+  template <class Tag, class V>
+  std::array<V, 1> operator()(Tag, std::size_t, const V& s, const V& t, const V&, const V& p) const {
+    return {simd::where(p > V(simd::scalar_t<V>(0)), p * (t - s))};
+  }
+};
+
 struct KlDiv {
   static constexpr const char* name = "kl_div";
   static constexpr bool spare_row = false;
@@ -22,10 +31,7 @@ struct KlDiv {
 
   template <class T>
   static double row(PairRow<T>& r, T* grad, double scale, const DivergenceOptions&) {
-    r.template stats<1>([](auto, std::size_t, const auto& s, const auto& t, const auto&, const auto& p) {
-      using V = std::decay_t<decltype(s)>;
-      return std::array<V, 1>{simd::where(p > V(T(0)), p * (t - s))};
-    });
+    r.template stats<1>(KlTerm{});
     const T* et = r.w.et;
     const double gap = r.w.p.lse() - r.w.q.lse();
     const double kl = r.w.p.merge(r.w.chunk, double(r.inv_t), -gap);

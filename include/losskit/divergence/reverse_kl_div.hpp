@@ -37,7 +37,7 @@ struct ReverseKlDiv {
       const bool logits = !r.student_log_probs;
       const double a = logits ? scale * it : scale, c = 1.0 - gap - (logits ? kl + w.q.total() : 0.0);
       w.defer_grad(
-          grad, r.n, r.stream, d, [&](std::size_t k) { return a * w.q.factor_d(k) * c; }, [](std::size_t) { return 0.0; },
+          grad, r.n, r.stream, w.es, d, [&](std::size_t k) { return a * w.q.factor_d(k) * c; }, [](std::size_t) { return 0.0; },
           [&](std::size_t k) { return a * w.q.factor_d(k) * it; });
     }
     return kl;
