@@ -66,6 +66,7 @@
 #include "losskit/core/fast_exp2.hpp"
 #include "losskit/core/labeled.hpp"
 #include "losskit/core/labels.hpp"
+#include "losskit/core/pending.hpp"
 #include "losskit/core/rows.hpp"
 #include "losskit/core/scratch.hpp"
 #include "losskit/core/simd.hpp"
@@ -178,12 +179,11 @@ struct CrossEntropyScratch {
   T* capped[2];  // softcap: the capped logits s (ping-pong)
   int cur = 0;   // the half of `capped` the current row uses
   ChunkedSoftmax<T> sm;
-  // The gradient still to be written: g_j = ex_j alpha_k - C w_j (times the softcap factor),
-  // then g[y] = g_y (computed in double).
-  T* pending = nullptr;
+  // The gradient still to be written (core/pending.hpp): g_j = ex_j alpha_k - C w_j (times the
+  // softcap factor), then g[y] (computed in double) as the row's fixed entry.
+  PendingRow<T> pending;
   std::vector<T> alpha;
-  T C = T(0), g_y = T(0);
-  std::size_t y = 0;
+  T C = T(0);
   CrossEntropyScratch(std::size_t n, bool cap) {
     T* base = scratch<T>((cap ? 3 : 1) * n);
     ex = base;
@@ -213,16 +213,13 @@ struct CrossEntropyRow {
   // Chunk k of the pending gradient (the previous row's), from the scratch (capped: the other half):
   // g_j = ex_j alpha_k - C w_j, times (1 - (s_j / cap)^2) with softcap.
   struct PendingChunk {
-    T* out;
+    PendingRow<T> row;  // a local copy: the float stores of the loop cannot change it
     const T* ex;
     const T* capped;
     T alpha, C;
-    bool nt;  // non-temporal stores for whole batches (needs `out + b` batch-aligned)
   };
-  PendingChunk pending_chunk(const CrossEntropyScratch<T>& w, std::size_t k, std::size_t b) const {
-    const int h = w.cur ^ 1;
-    const bool nt = stream && reinterpret_cast<std::uintptr_t>(w.pending + b) % sizeof(simd::batch<T>) == 0;
-    return {w.pending, w.ex, w.capped[h], w.alpha[k], w.C, nt};
+  PendingChunk pending_chunk(const CrossEntropyScratch<T>& w, std::size_t k) const {
+    return {w.pending, w.ex, w.capped[w.cur ^ 1], w.alpha[k], w.C};
   }
   template <class V>
   V pending_value(const PendingChunk& p, std::size_t i) const {
@@ -240,30 +237,17 @@ struct CrossEntropyRow {
   }
   template <class V>
   void put_pending(const PendingChunk& p, std::size_t i) const {
-    const V g = pending_value<V>(p, i);
-    if (simd::is_batch<V> && p.nt)
-      simd::stream(p.out + i, g);
-    else
-      simd::store(p.out + i, g);
-  }
-  void write_pending(const CrossEntropyScratch<T>& w, std::size_t k, std::size_t b, std::size_t e) const {
-    const PendingChunk p = pending_chunk(w, k, b);
-    simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) { put_pending<typename decltype(tag)::type>(p, i); });
+    p.row.put(i, pending_value<V>(p, i));
   }
 
-  // Ends the pending gradient: its target entry (after a fence: non-temporal stores may be
-  // reordered with later stores).
-  void close_pending(CrossEntropyScratch<T>& w) const {
-    if (stream) simd::stream_fence();
-    w.pending[w.y] = w.g_y;
-    w.pending = nullptr;
-  }
-
-  // After a thread's last row: the whole pending gradient.
+  // After a thread's last row: the whole pending gradient, then its target entry.
   void finish(CrossEntropyScratch<T>& w) const {
     if (!w.pending) return;
-    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) { write_pending(w, k, b, e); });
-    close_pending(w);
+    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
+      const PendingChunk p = pending_chunk(w, k);
+      simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) { put_pending<typename decltype(tag)::type>(p, i); });
+    });
+    w.pending.end();
   }
 
   double operator()(CrossEntropyScratch<T>& w, std::ptrdiff_t r, T* grad, double scale) const {
@@ -296,8 +280,8 @@ struct CrossEntropyRow {
       const T log2e = simd::log2e<T>;
       constexpr std::size_t K = Smooth ? 2 : 1;
       T next_m;
-      const bool pend = w.pending != nullptr;
-      const PendingChunk p = pend ? pending_chunk(w, k, b) : PendingChunk{};
+      const bool pend = bool(w.pending);
+      const PendingChunk p = pend ? pending_chunk(w, k) : PendingChunk{};
       const auto sums = sum_and_next_max<T, K>(
           b, e, e, std::min(e + C, n),
           [&](auto tag, std::size_t i) {
@@ -325,7 +309,7 @@ struct CrossEntropyRow {
       }
       m = next_m;
     });
-    if (w.pending) close_pending(w);
+    if (w.pending) w.pending.end();  // the target entry after the fence
     const std::size_t cb = best_chunk * C;
     const std::size_t arg = best == -std::numeric_limits<T>::infinity() ? 0 : first_index_of(src, cb, std::min(cb + C, n), best);
     const double lse = sm.finish(false);
@@ -354,9 +338,7 @@ struct CrossEntropyRow {
         const double t = s_y / double(cap);
         g_y *= 1.0 - t * t;
       }
-      w.g_y = T(g_y);
-      w.y = y;
-      w.pending = grad;
+      w.pending.start(grad, n, stream, y, T(g_y));
       w.cur ^= 1;
     }
     if (ratio == 0.0) return zl;  // the cross-entropy term divides by a zero weight sum: dropped

@@ -32,6 +32,7 @@
 
 #include "losskit/core/simd.hpp"
 #include "losskit/core/fast_exp2.hpp"
+#include "losskit/core/pending.hpp"
 #include "losskit/core/scratch.hpp"
 #include "losskit/core/softmax.hpp"
 #include "losskit/core/types.hpp"
@@ -46,19 +47,15 @@ struct PairScratch {
   ChunkedSoftmax<T> q, p, m;  // student, teacher, and one more for kernels that need it
   std::vector<double> chunk;  // one value per chunk for a kernel's `extra` hook
 
-  // A gradient row recorded by a pipelined write_grad, not yet written:
+  // A gradient row recorded by a pipelined write_grad, not yet written (core/pending.hpp):
   //   out_i = E_i * (alpha_k + gamma_k * G_i) + beta_k * G_i   over chunk k
   // (E and G two scratch rows, E = es unless a kernel names another), then optionally one entry
   // out[fix] = fix_value (computed apart, e.g. in double; set after the streamed row is fenced).
-  static constexpr std::size_t no_fix = std::size_t(-1);
+  static constexpr std::size_t no_fix = PendingRow<T>::no_fix;
   struct Pending {
-    T* out = nullptr;
+    PendingRow<T> row;
     const T* es = nullptr;
     const T* G = nullptr;
-    std::size_t n = 0;
-    bool stream = false;
-    std::size_t fix = no_fix;
-    T fix_value = T(0);
     std::vector<T> alpha, beta, gamma;
     // out_i with chunk k's coefficients a = alpha_k, c = beta_k, m = gamma_k.
     template <class V>
@@ -90,15 +87,11 @@ struct PairScratch {
   // Chunk k = [b, e) of the pending row; end_pending() after the last chunk. For kernels with
   // a chunk loop of their own (stats() writes the pending row element by element).
   void flush_chunk(std::size_t k, std::size_t b, std::size_t e);
-  void end_pending() {
-    if (pending.stream) simd::stream_fence();
-    if (pending.fix != no_fix) pending.out[pending.fix] = pending.fix_value;
-    pending.out = nullptr;
-  }
+  void end_pending() { pending.row.end(); }
   // Writes the pending row, if any, as one pass of its own.
   void flush() {
-    if (!pending.out) return;
-    for_chunks<T>(pending.n, [&](std::size_t k, std::size_t b, std::size_t e) { flush_chunk(k, b, e); });
+    if (!pending.row) return;
+    for_chunks<T>(pending.row.n, [&](std::size_t k, std::size_t b, std::size_t e) { flush_chunk(k, b, e); });
     end_pending();
   }
 };
@@ -122,8 +115,9 @@ template <class T>
 inline void PairScratch<T>::flush_chunk(std::size_t k, std::size_t b, std::size_t e) {
   const Pending& d = pending;
   const T a = d.alpha[k], c = d.beta[k], m = d.gamma[k];
-  store_row<T>(d.out, b, e, d.stream, [&](auto tag, std::size_t i) {
-    return d.template value<typename decltype(tag)::type>(a, c, m, i);
+  simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) {
+    using V = typename decltype(tag)::type;
+    d.row.put(i, d.template value<V>(a, c, m, i));
   });
 }
 
@@ -142,13 +136,9 @@ inline void PairScratch<T>::defer_grad(T* out, std::size_t n, bool stream, const
     d.beta[k] = T(beta(k));
     d.gamma[k] = T(gamma(k));
   }
-  d.out = out;
+  d.row.start(out, n, stream, fix, fix_value);
   d.es = E;
   d.G = G;
-  d.fix = fix;
-  d.fix_value = fix_value;
-  d.n = n;
-  d.stream = stream;
   if (!pipelined) flush();
 }
 
@@ -192,9 +182,9 @@ struct PairRow {
     const T it = inv_t;
     // The previous row's gradient (pipelined), written at the indices this loop visits.
     auto& d = w.pending;
-    T* const pout = d.out && d.n == n ? d.out : nullptr;
-    if (d.out && !pout) w.flush();
-    const bool pnt = pout && d.stream && reinterpret_cast<std::uintptr_t>(pout) % sizeof(simd::batch<T>) == 0;
+    if (d.row && d.row.n != n) w.flush();
+    const PendingRow<T> pr = d.row;  // a local copy: the float stores below cannot change it
+    const bool pout = bool(pr);
     for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
       const T pa = pout ? d.alpha[k] : T(0), pb = pout ? d.beta[k] : T(0), pm = pout ? d.gamma[k] : T(0);
       const T ss = ChunkedSoftmax<T>::shift_for(
@@ -211,13 +201,7 @@ struct PairRow {
           simd::prefetch(sp + i + chunk_elems<T>);
           simd::prefetch(tp + i + chunk_elems<T>);
         }
-        if (pout) {  // read before this row's stores at i (one set of scratch rows)
-          const V gv = d.template value<V>(pa, pb, pm, i);
-          if (simd::is_batch<V> && pnt)
-            simd::stream(pout + i, gv);
-          else
-            simd::store(pout + i, gv);
-        }
+        if (pout) pr.put(i, d.template value<V>(pa, pb, pm, i));  // read before this row's stores at i
         const V sv = simd::load<V>(sp + i), tv = simd::load<V>(tp + i);
         const V ev = simd::exp2_ftz((sv - V(ss)) * V(c)), fv = simd::exp2_ftz((tv - V(st)) * V(c));
         simd::store(es + i, ev);

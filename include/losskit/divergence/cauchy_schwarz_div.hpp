@@ -34,7 +34,7 @@ struct CauchySchwarzDiv {
       using V = typename decltype(tag)::type;
       return simd::load<V>(s + i) + simd::load<V>(t + i);
     };
-    const bool pending = w.pending.out && w.pending.n == r.n;
+    const bool pending = w.pending.row && w.pending.row.n == r.n;
     if (!pending) w.flush();
     for_chunks<T>(r.n, [&](std::size_t k, std::size_t b, std::size_t e) {
       if (pending) w.flush_chunk(k, b, e);  // the previous row's gradient, before its scratch is reused
