@@ -273,7 +273,7 @@ struct ReferenceTolerance<double> {
 };
 template <>
 struct ReferenceTolerance<float> {
-  static constexpr double value_rel = 2e-5, value_abs = 1e-6, grad_abs = 1e-6;
+  static constexpr double value_rel = 1e-5, value_abs = 1e-6, grad_abs = 1e-6;
 };
 
 // The summary of a computed [rows, cols] row-major gradient `g` as grad_summary lines give it
