@@ -141,6 +141,37 @@ TEMPLATE_TEST_CASE("ProgressiveTargets::loss: targets, update and soft cross ent
   }
 }
 
+TEST_CASE("ProgressiveTargets::loss: threads give the same bits; a repeated index stores its last row", "[ps_kd][threads]") {
+  // 64 rows over 20 samples: most indices repeat, within and across the two threads' row ranges
+  const int rows = 64, classes = 300;
+  std::vector<std::int64_t> idx(rows), y(rows);
+  for (int b = 0; b < rows; ++b) {
+    idx[std::size_t(b)] = (b * 7) % 20;
+    y[std::size_t(b)] = (b * 31) % classes;
+  }
+  const auto z0 = lktest::random_logits<float>(rows, classes, 3), z1 = lktest::random_logits<float>(rows, classes, 4);
+  ProgressiveTargets<float> one(20, classes), two(20, classes);
+  RowMatrix<float> g1(rows, classes), g2(rows, classes);
+  losskit::SoftCrossEntropyOptions o;
+  one.loss(z0, idx, y, 0, g1, o);
+  const double v1 = one.loss(z1, idx, y, 3, g1, o).value;
+  o.threads = 2;
+  two.loss(z0, idx, y, 0, g2, o);
+  const double v2 = two.loss(z1, idx, y, 3, g2, o).value;
+  CHECK(v1 == v2);
+  CHECK(g1 == g2);
+  CHECK(one.predictions() == two.predictions());
+  // each sample holds the softmax of its last row in z1
+  const RowMatrix<double> p1 = softmax_rows(z1.cast<double>());
+  for (int s = 0; s < 20; ++s) {
+    int last = -1;
+    for (int b = 0; b < rows; ++b)
+      if (idx[std::size_t(b)] == s) last = b;
+    CAPTURE(s, last);
+    CHECK((two.predictions().row(s).cast<double>() - p1.row(last)).cwiseAbs().maxCoeff() <= 1e-6);
+  }
+}
+
 TEST_CASE("ProgressiveTargets::loss: gradient matches central differences", "[ps_kd][fd]") {
   const int classes = GENERATE(1, 3, 17, 200);
   const double eps = GENERATE(0.0, 0.1);

@@ -19,9 +19,10 @@
 // gradient is the logits or absent), table update, soft cross entropy and its gradient.
 // Labels must be classes in [0, C) (no ignore_index: every sample has a label), indices in
 // [0, N) (std::out_of_range otherwise); a batch may repeat an index: its targets come from the
-// table as it was before the call, and the last of its rows is stored. Table work runs on one
-// thread (soft_cross_entropy honours options.threads). save() / restore() round-trip the state
-// exactly.
+// table as it was before the call, and the last of its rows is stored. The table work (targets,
+// then the update: only the last row of each index is stored, so rows never race) and
+// soft_cross_entropy run on options.threads threads, with the same bits for any count.
+// save() / restore() round-trip the state exactly.
 //
 // Self-distillation with ground-truth guidance (Borup & Andersen, "Even your Teacher Needs
 // Guidance: Ground-Truth Targets Dampen Regularization Imposed by Self-Distillation", NeurIPS
@@ -42,6 +43,7 @@
 #include "losskit/classification/soft_cross_entropy.hpp"
 #include "losskit/core/checks.hpp"
 #include "losskit/core/labels.hpp"
+#include "losskit/core/parallel.hpp"
 #include "losskit/core/row_softmax.hpp"
 #include "losskit/core/scratch.hpp"
 #include "losskit/core/softmax.hpp"
@@ -243,10 +245,17 @@ class ProgressiveTargets {
   }
 
   template <class U>
-  void build(const Labels& indices, const Labels& labels, std::int64_t epoch, const RowsView<U>& out) const {
+  void build(const Labels& indices, const Labels& labels, std::int64_t epoch, const RowsView<U>& out,
+             int threads = 1) const {
+    detail::parallel_ranges(out.rows, detail::resolve_threads(threads, out.rows),
+                            [&](int, std::ptrdiff_t rb, std::ptrdiff_t re) { build_rows(indices, labels, epoch, out, rb, re); });
+  }
+  template <class U>
+  void build_rows(const Labels& indices, const Labels& labels, std::int64_t epoch, const RowsView<U>& out,
+                  std::ptrdiff_t rb, std::ptrdiff_t re) const {
     const double a = alpha(epoch);
     const U keep = U(a);
-    for (std::ptrdiff_t b = 0; b < out.rows; ++b) {
+    for (std::ptrdiff_t b = rb; b < re; ++b) {
       const auto idx = std::ptrdiff_t(indices[std::size_t(b)]);
       const auto y = std::size_t(labels[std::size_t(b)]);
       U* dst = out.row(b);
@@ -261,15 +270,26 @@ class ProgressiveTargets {
     }
   }
 
+  // Stores the softmax of each index's last row; the rows stored are distinct table rows, so
+  // threads never write the same one.
   template <class U>
-  void store(const Labels& indices, const RowsView<const U>& x) {
-    detail::ChunkedSoftmax<U> sm;
-    U* ex = detail::scratch<U>(std::size_t(c_));
-    for (std::ptrdiff_t b = 0; b < x.rows; ++b) {
-      const auto idx = std::ptrdiff_t(indices[std::size_t(b)]);
-      detail::softmax_row(x.row(b), std::size_t(c_), U(1), table_.row(idx).data(), ex, sm);
-      seen_[std::size_t(idx)] = 1;
-    }
+  void store(const Labels& indices, const RowsView<const U>& x, int threads = 1) {
+    std::vector<std::pair<std::int64_t, std::ptrdiff_t>> order(std::size_t(x.rows));
+    for (std::ptrdiff_t b = 0; b < x.rows; ++b) order[std::size_t(b)] = {indices[std::size_t(b)], b};
+    std::sort(order.begin(), order.end());
+    std::vector<unsigned char> last(std::size_t(x.rows), 0);
+    for (std::size_t k = 0; k < order.size(); ++k)
+      if (k + 1 == order.size() || order[k + 1].first != order[k].first) last[std::size_t(order[k].second)] = 1;
+    detail::parallel_ranges(x.rows, detail::resolve_threads(threads, x.rows), [&](int, std::ptrdiff_t rb, std::ptrdiff_t re) {
+      detail::ChunkedSoftmax<U> sm;
+      U* ex = detail::scratch<U>(std::size_t(c_));
+      for (std::ptrdiff_t b = rb; b < re; ++b) {
+        if (!last[std::size_t(b)]) continue;
+        const auto idx = std::ptrdiff_t(indices[std::size_t(b)]);
+        detail::softmax_row(x.row(b), std::size_t(c_), U(1), table_.row(idx).data(), ex, sm);
+        seen_[std::size_t(idx)] = 1;
+      }
+    });
   }
 
   template <class X, class G>
@@ -287,8 +307,8 @@ class ProgressiveTargets {
     const bool in_grad = grad && gv.data != xv.data;
     RowMatrix<U>& ws = workspace<U>();
     if (!in_grad) ws.resize(xv.rows, c_);
-    build(indices, labels, epoch, in_grad ? gv : mutable_rows_view(ws));
-    store(indices, xv);  // before the loss: grad may overwrite the logits
+    build(indices, labels, epoch, in_grad ? gv : mutable_rows_view(ws), o.threads);
+    store(indices, xv, o.threads);  // before the loss: grad may overwrite the logits
     if (in_grad) return soft_cross_entropy(logits, *grad, *grad, o);
     return grad ? soft_cross_entropy(logits, ws, *grad, o) : soft_cross_entropy(logits, ws, o);
   }
