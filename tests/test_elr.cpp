@@ -210,9 +210,9 @@ TEMPLATE_TEST_CASE("ELR: reductions, ignore_index, weights, threads", "[elr][opt
       o);
 }
 
-// 300 x 8192 floats is 9.8 MB: written with streaming stores; each half stays below 8 MB. Rows
-// are pipelined (a row's gradient goes out during the next row's first pass, its target entry
-// after it), so this checks the hand-over, the last row of each thread and both kinds of stores.
+// 300 x 8192 floats is 9.8 MB: written with streaming stores; each half stays below 8 MB (plain
+// stores), so both kinds of stores, the fence before each row's target entry, ignored rows and
+// the table updates are checked against the same rows in two calls, on 3 threads and in place.
 TEST_CASE("ELR: large gradients (non-temporal stores) equal the same rows computed in small pieces", "[elr][large]") {
   const auto x = lktest::random_logits<float>(300, 8192, 3);
   Labels64 y(300), ids(300);
@@ -220,6 +220,7 @@ TEST_CASE("ELR: large gradients (non-temporal stores) equal the same rows comput
     y[std::size_t(r)] = (r * 7919 + 5) % 8192;
     ids[std::size_t(r)] = (r * 17) % 300;  // a permutation: every row its own sample
   }
+  y[149] = y[150] = y[299] = -100;  // ignored rows at the pieces' and the threads' edges
   const Labels64 y1(y.begin(), y.begin() + 150), y2(y.begin() + 150, y.end());
   const Labels64 i1(ids.begin(), ids.begin() + 150), i2(ids.begin() + 150, ids.end());
   ElrOptions o;
@@ -228,13 +229,14 @@ TEST_CASE("ELR: large gradients (non-temporal stores) equal the same rows comput
     CAPTURE(update);
     o.update = update;
     o.threads = 1;
-    ELR<float> a(300, 8192), b(300, 8192), c(300, 8192);
+    ELR<float> a(300, 8192), b(300, 8192), c(300, 8192), d(300, 8192);
     if (!update) {  // a table to evaluate against: one visit each first
       a.loss(x, y, ids, ElrOptions{});
       b.load(a.state());
       c.load(a.state());
+      d.load(a.state());
     }
-    RowMatrix<float> whole(300, 8192), parts = RowMatrix<float>::Zero(300, 8192), g2(300, 8192);
+    RowMatrix<float> whole(300, 8192), parts = RowMatrix<float>::Zero(300, 8192), g3(300, 8192);
     const double v = a.loss(x, y, ids, whole, o).value;
     const double v1 = b.loss(x.topRows(150), y1, i1, parts.topRows(150), o).value;
     const double v2 = b.loss(x.bottomRows(150), y2, i2, parts.bottomRows(150), o).value;
@@ -242,10 +244,15 @@ TEST_CASE("ELR: large gradients (non-temporal stores) equal the same rows comput
     CHECK(whole == parts);
     CHECK(a.state() == b.state());
     for (Eigen::Index r = 0; r < 300; r += 37) CHECK(whole(r, y[std::size_t(r)]) < 0.0f);  // the target entries
-    o.threads = 2;
-    CHECK(c.loss(x, y, ids, g2, o).value == v);
-    CHECK(g2 == whole);
+    CHECK(whole.row(150).cwiseAbs().maxCoeff() == 0.0f);
+    o.threads = 3;  // rows 0-99, 100-199, 200-299
+    CHECK(c.loss(x, y, ids, g3, o).value == v);
+    CHECK(g3 == whole);
     CHECK(c.state() == a.state());
+    RowMatrix<float> inplace = x;
+    CHECK(d.loss(inplace, y, ids, inplace, o).value == v);
+    CHECK(inplace == whole);
+    CHECK(d.state() == a.state());
   }
 }
 

@@ -25,6 +25,7 @@
 // chunk k of the scratch; flush() writes a recorded row that nothing picked up (the last row
 // of a thread). After write_grad() / defer_grad() a kernel must not write the scratch rows.
 
+#include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <utility>
@@ -75,8 +76,9 @@ struct PairScratch {
     ex = spare ? base + 2 * n : nullptr;
   }
   // Records `out` as the pending gradient row (coefficients per chunk from alpha(k), beta(k),
-  // gamma(k); the entry `fix` set to fix_value last), writing any earlier one first. Not
-  // pipelined: written right away.
+  // gamma(k); the entry `fix` set to fix_value last). Call it after this row's stats() (or a
+  // loop with flush_chunk()), which wrote the previous pending row. Not pipelined: written
+  // right away.
   template <class Alpha, class Beta, class Gamma>
   void defer_grad(T* out, std::size_t n, bool stream, const T* E, const T* G, Alpha&& alpha, Beta&& beta,
                   Gamma&& gamma, std::size_t fix = no_fix, T fix_value = T(0));
@@ -125,7 +127,9 @@ template <class T>
 template <class Alpha, class Beta, class Gamma>
 inline void PairScratch<T>::defer_grad(T* out, std::size_t n, bool stream, const T* E, const T* G, Alpha&& alpha,
                                        Beta&& beta, Gamma&& gamma, std::size_t fix, T fix_value) {
-  flush();
+  // The previous row's gradient must be out already (stats() or flush_chunk() wrote it while
+  // this row's scratch replaced its own): flushing it here would read overwritten scratch.
+  assert(!pending.row && "losskit: defer_grad() before the pending row was written");
   auto& d = pending;
   const std::size_t chunks = chunk_count(n, chunk_elems<T>);
   d.alpha.resize(chunks);
