@@ -63,18 +63,12 @@ void BM_floor_elr(benchmark::State& st) {
       const float* x = in.x.row(b).data();
       float* g = in.g.row(b).data();
       float* tab = in.table.row(b).data();
-      const auto aligned = [](const float* p) { return reinterpret_cast<std::uintptr_t>(p) % 64 == 0; };
-      const bool nt = aligned(g) && aligned(tab);
+      const bool ng = losskit::detail::streamable(g, true), nt = losskit::detail::streamable(tab, true);
       simd::for_lanes<float>(0, std::size_t(e - b) * cols, [&](auto tag, std::size_t i) {
         using V = typename decltype(tag)::type;
         const V xv = simd::load<V>(x + i), tv = simd::load<V>(tab + i);
-        if (simd::is_batch<V> && nt) {
-          simd::stream(g + i, xv + tv);
-          simd::stream(tab + i, xv - tv);
-        } else {
-          simd::store(g + i, xv + tv);
-          simd::store(tab + i, xv - tv);
-        }
+        losskit::detail::put_lanes(g, i, xv + tv, ng);
+        losskit::detail::put_lanes(tab, i, xv - tv, nt);
       });
       simd::stream_fence();
     });

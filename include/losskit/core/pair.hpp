@@ -98,21 +98,6 @@ struct PairScratch {
   }
 };
 
-// out[i] = value(lanes<V>, i) over [b, e); with `stream`, whole batches at batch-aligned
-// addresses go out as non-temporal stores (the caller fences once at the end).
-template <class T, class Value>
-inline void store_row(T* out, std::size_t b, std::size_t e, bool stream, Value&& value) {
-  const bool nt = stream && reinterpret_cast<std::uintptr_t>(out + b) % sizeof(simd::batch<T>) == 0;
-  simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) {
-    using V = typename decltype(tag)::type;
-    const V v = value(tag, i);
-    if (simd::is_batch<V> && nt)
-      simd::stream(out + i, v);
-    else
-      simd::store(out + i, v);
-  });
-}
-
 template <class T>
 inline void PairScratch<T>::flush_chunk(std::size_t k, std::size_t b, std::size_t e) {
   const Pending& d = pending;

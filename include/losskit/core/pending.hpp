@@ -6,7 +6,8 @@
 // (non-temporal stores for large outputs where the row is batch-aligned; chunk offsets keep the
 // alignment; one fence at the end) and one entry set last, after the fence (e.g. the target
 // class's entry, computed in double). The formula and its per-chunk coefficients belong to the
-// kernel: core/pair.hpp (PairScratch::Pending), classification/cross_entropy.hpp.
+// kernel: core/pair.hpp (PairScratch::Pending), classification/cross_entropy.hpp. store_row()
+// writes a row right away with the same store rule (one definition of it: streamable, put_lanes).
 
 #include <cstddef>
 #include <cstdint>
@@ -14,6 +15,30 @@
 #include "losskit/core/simd.hpp"
 
 namespace losskit::detail {
+
+// Whether a row starting at `p` may take non-temporal stores: asked for (`stream`, large
+// outputs) and batch-aligned (offsets that are multiples of a batch keep the alignment).
+template <class T>
+inline bool streamable(const T* p, bool stream) noexcept {
+  return stream && reinterpret_cast<std::uintptr_t>(p) % sizeof(simd::batch<T>) == 0;
+}
+
+// out[i, i + lanes) = v: a non-temporal store for a whole batch when `nt`, else a plain store.
+template <class T, class V>
+inline void put_lanes(T* out, std::size_t i, const V& v, bool nt) noexcept {
+  if (simd::is_batch<V> && nt)
+    simd::stream(out + i, v);
+  else
+    simd::store(out + i, v);
+}
+
+// out[i] = value(lanes<V>, i) over [b, e); with `stream`, whole batches at batch-aligned
+// addresses go out as non-temporal stores (the caller fences once at the end).
+template <class T, class Value>
+inline void store_row(T* out, std::size_t b, std::size_t e, bool stream, Value&& value) {
+  const bool nt = streamable(out + b, stream);
+  simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) { put_lanes(out, i, value(tag, i), nt); });
+}
 
 template <class T>
 struct PendingRow {
@@ -32,17 +57,14 @@ struct PendingRow {
     out = o;
     n = len;
     stream = streaming;
-    nt = streaming && reinterpret_cast<std::uintptr_t>(o) % sizeof(simd::batch<T>) == 0;
+    nt = streamable(o, streaming);
     fix = fix_at;
     fix_value = fix_to;
   }
   // out[i, i + lanes) = v.
   template <class V>
   void put(std::size_t i, const V& v) const noexcept {
-    if (simd::is_batch<V> && nt)
-      simd::stream(out + i, v);
-    else
-      simd::store(out + i, v);
+    put_lanes(out, i, v, nt);
   }
   // After the last put(): the fence (streamed rows), the fixed entry; the row is done.
   void end() noexcept {
