@@ -245,3 +245,55 @@ TEST_CASE("float accuracy holds for logits far from zero (per-chunk shifts are e
     CHECK((gf.cast<double>() - gd).cwiseAbs().maxCoeff() <= 1e-6);
   }
 }
+
+// Rows whose chunks (2048 floats) take their exps against the running maximum of the row:
+// row 1's student and row 2's teacher jump by 200 in a later chunk (that chunk is redone against
+// its own maximum), row 3 starts with more than a chunk of -inf in both inputs and continues
+// near -1000 (a shift of 0 would flush that whole chunk to 0; it takes its own maximum). The
+// reversed columns put every row's maximum in the first chunk: no chunk is redone there.
+template <class Fn>
+void check_chunk_shifts(const char* name, Fn&& fn, const lktest::RowRef& ref) {
+  CAPTURE(name);
+  const Eigen::Index n = 5000;
+  RowMatrix<float> s = lktest::random_logits<float>(4, n, 3), t = lktest::random_logits<float>(4, n, 4);
+  s.row(1).tail(900).array() += 200.0f;
+  t.row(2).tail(n - 2048).array() += 200.0f;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  s.row(3).array() -= 1000.0f;
+  t.row(3).array() -= 1000.0f;
+  s.row(3).head(2500).setConstant(ninf);
+  t.row(3).head(2500).setConstant(ninf);
+  const RowMatrix<float> sr = s.rowwise().reverse(), tr = t.rowwise().reverse();
+  for (double temp : {1.0, 2.0}) {
+    CAPTURE(temp);
+    DivergenceOptions o;
+    o.temperature = temp;
+    o.reduction = Reduction::sum;
+    RowMatrix<float> g(4, n), gr(4, n), grow(1, n);
+    const double v = fn(s, t, g, o).value, vr = fn(sr, tr, gr, o).value;
+    CHECK_THAT(v, Catch::Matchers::WithinRel(double(lktest::reference_mean(s, t, o, ref)) * 4, 1e-5));
+    CHECK_THAT(v, Catch::Matchers::WithinRel(vr, 1e-5));
+    CHECK((g - RowMatrix<float>(gr.rowwise().reverse())).cwiseAbs().maxCoeff() <= 1e-6f);
+    CHECK(g.allFinite());
+    // Each row alone (not pipelined) gives the same bits: a redone chunk leaves the row
+    // before it alone.
+    for (Eigen::Index r = 0; r < 4; ++r) {
+      fn(s.row(r), t.row(r), grow, o);
+      CHECK(grow == g.row(r));
+    }
+  }
+}
+
+TEST_CASE("chunks far above the row so far are redone; a leading run of -inf takes the next chunk's own maximum",
+          "[accuracy]") {
+#define LOSSKIT_SHIFTS(f, ref) \
+  check_chunk_shifts(#f, [](const auto& s, const auto& t, auto&& g, const DivergenceOptions& o) { return losskit::f(s, t, g, o); }, ref)
+  LOSSKIT_SHIFTS(kl_div, lktest::ref_kl);
+  LOSSKIT_SHIFTS(reverse_kl_div, lktest::ref_rkl);
+  LOSSKIT_SHIFTS(jsd, lktest::ref_jsd(0.5));
+  LOSSKIT_SHIFTS(skew_kl_div, lktest::ref_skew_kl(0.1));
+  LOSSKIT_SHIFTS(skew_reverse_kl_div, lktest::ref_skew_rkl(0.1));
+  LOSSKIT_SHIFTS(tvd, lktest::ref_tvd);
+  LOSSKIT_SHIFTS(cauchy_schwarz_div, lktest::ref_cs);
+#undef LOSSKIT_SHIFTS
+}

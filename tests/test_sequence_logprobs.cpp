@@ -587,27 +587,31 @@ TEMPLATE_TEST_CASE("sequence_logprobs: jumps between chunks, peaked rows, the ta
                    "[sequence_logprobs]", float, double) {
   using T = TestType;
   const Eigen::Index cols = 5000;  // several chunks in float (2048) and double (1024)
-  RowMatrix<T> z = lktest::random_logits<T>(4, cols, 60u, 1.0);
+  RowMatrix<T> z = lktest::random_logits<T>(5, cols, 60u, 1.0);
   z(0, 3000) = T(90);    // row 0: far above the first chunk's maximum (the chunk is redone)
   z(1, 10) = T(40);      // row 1: first chunk high, the rest far below (they underflow)
   for (Eigen::Index c = 2048; c < cols; ++c) z(1, c) -= T(200);
   z(2, 4999) = T(30);    // row 2: a peak in the tail
   z(3, 7) = T(25);       // row 3: pi(target) -> 1
-  const Labels64 y{3000, 11, 4999, 7};
+  // row 4: more than a chunk of -inf, then logits near -1000 (against a shift of 0 they would
+  // all flush to 0; the first chunk with a finite logit takes its own maximum)
+  z.row(4).array() -= T(1000);
+  z.row(4).head(2200).setConstant(-std::numeric_limits<T>::infinity());
+  const Labels64 y{3000, 11, 4999, 7, 3000};
   SequenceLogprobOptions o;
   o.per_token = o.entropy = true;
-  const auto layout = SequenceLayout::fixed(4, 1);
+  const auto layout = SequenceLayout::fixed(5, 1);
   const auto f = losskit::sequence_logprobs(z, y, layout, o);
-  for (Eigen::Index r = 0; r < 4; ++r) {
+  for (Eigen::Index r = 0; r < 5; ++r) {
     const RowRef ref = row_reference(z.row(r), z.row(r), y[std::size_t(r)], 1.0);
     CAPTURE(r, f.token_logp[r], double(ref.logp), f.token_entropy[r], double(ref.entropy));
     CHECK(std::fabs(f.token_logp[r] - double(ref.logp)) <= value_tol<T>(double(ref.logp)));
     CHECK(std::fabs(f.token_entropy[r] - double(ref.entropy)) <= value_tol<T>(double(ref.entropy)));
   }
   // The target entry: (1 - pi_y) in double, so it keeps relative accuracy when pi_y ~ 1.
-  const Eigen::Vector4d d(1.0, 1.0, 1.0, 1.0);
+  const Eigen::VectorXd d = Eigen::VectorXd::Ones(5);
   for (bool reuse : {false, true}) {
-    RowMatrix<T> g(4, cols);
+    RowMatrix<T> g(5, cols);
     if (reuse)
       losskit::sequence_logprobs_backward(z, y, layout, d, g, o, f);
     else
@@ -617,7 +621,7 @@ TEMPLATE_TEST_CASE("sequence_logprobs: jumps between chunks, peaked rows, the ta
     const ld want = -std::expm1(x[7]);  // 1 - pi_y, about 1e-7
     CAPTURE(reuse, double(g(3, 7)), double(want));
     CHECK(std::fabs(double(g(3, 7)) - double(want)) <= (std::is_same_v<T, float> ? 1e-7 : 1e-6 * double(want)));
-    for (Eigen::Index r = 0; r < 4; ++r) {
+    for (Eigen::Index r = 0; r < 5; ++r) {
       const auto xr = lktest::log_softmax(z.row(r), 1.0L);
       double worst = 0;
       for (Eigen::Index c = 0; c < cols; ++c) {

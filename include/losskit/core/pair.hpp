@@ -5,7 +5,8 @@
 // With Input::log_probs a side is used as given: x = s (resp. y = t), q = exp(x), T must be 1.
 //
 // A kernel runs three steps over a row:
-//   1. stats():   one pass over memory; per chunk, exps of both rows into scratch (es, et),
+//   1. stats():   one pass over memory; per chunk, exps of both rows into scratch (es, et)
+//                 against the running maxima of the rows,
 //                 and optional sums of the kernel's own riding in the same loop.
 //   2. its own element pass, if any (element_pass(): the body gets q_i, p_i and x_i - y_i),
 //      over scratch and the rows (L2), which overwrites et with its log-space gradient
@@ -28,6 +29,7 @@
 #include <cassert>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -149,8 +151,8 @@ struct PairRow {
   PairScratch<T>& w;
   bool stream = false;  // write the gradient with non-temporal stores (large outputs)
 
-  // Step 1: one pass over memory. Per chunk: the maxima of both rows, then one loop taking
-  // both exps (stored in es, et) and their sums, plus K sums of a kernel's own,
+  // Step 1: one pass over memory. Per chunk, one loop taking both exps (stored in es, et)
+  // against the rows' running maxima (core/softmax.hpp), their sums and maxima, plus K sums of a kernel's own,
   // extra(lanes<V>, i, s_i, t_i, es_i, et_i) -> std::array<V, K>, computed while everything is
   // in registers. Chunk k's extra sums land in w.chunk[k * K + j] (relative to the chunk's own
   // shifts: multiply by the chunk factors to merge). With KeepTeacher = false the teacher's
@@ -174,39 +176,65 @@ struct PairRow {
     if (d.row && d.row.n != n) w.flush();
     const PendingRow<T> pr = d.row;  // a local copy: the float stores below cannot change it
     const bool pout = bool(pr);
+    // Running maxima of both rows over the chunks so far: each chunk's exps are taken against
+    // them (core/softmax.hpp).
+    const T ninf = -std::numeric_limits<T>::infinity();
+    T rs = ninf, rt = ninf;
+    // exp((v - shift) / T) = 2^((v - shift) c), c = log2(e) / T. The difference is taken
+    // first (exact near the maximum): folding -shift c into an fma would round it once per
+    // chunk, an error of ~1e-6 for logits near 30 that no recorded shift accounts for.
+    const T c = it * simd::log2e<T>;
+    // The largest exponent scale in the loop (the student at T = 1 rides along for KD).
+    const T cmax = StudentAtOne ? simd::vmax(c, simd::log2e<T>) : c;
     for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
       const T pa = pout ? d.alpha[k] : T(0), pb = pout ? d.beta[k] : T(0), pm = pout ? d.gamma[k] : T(0);
-      const T ss = ChunkedSoftmax<T>::shift_for(
-          simd::max_lanes<T>(b, e, [sp](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(sp + i); }));
-      const T st = ChunkedSoftmax<T>::shift_for(
-          simd::max_lanes<T>(b, e, [tp](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(tp + i); }));
-      // exp((v - shift) / T) = 2^((v - shift) c), c = log2(e) / T. The difference is taken
-      // first (exact near the maximum): folding -shift c into an fma would round it once per
-      // chunk, an error of ~1e-6 for logits near 30 that no recorded shift accounts for.
-      const T c = it * simd::log2e<T>;
-      const auto sums = simd::sum_lanes<T, K + 2 + (StudentAtOne ? 1 : 0)>(b, e, [&](auto tag, std::size_t i) {
-        using V = typename decltype(tag)::type;
-        if constexpr (simd::is_batch<V>) {  // the next chunk streams in while this one computes
-          simd::prefetch(sp + i + chunk_elems<T>);
-          simd::prefetch(tp + i + chunk_elems<T>);
+      if (ChunkedSoftmax<T>::needs_own_max(rs)) rs = ChunkedSoftmax<T>::own_max(sp, b, e);
+      if (ChunkedSoftmax<T>::needs_own_max(rt)) rt = ChunkedSoftmax<T>::own_max(tp, b, e);
+      T ss = ChunkedSoftmax<T>::shift_for(rs), st = ChunkedSoftmax<T>::shift_for(rt);
+      bool put = pout;
+      for (;;) {
+        simd::batch<T> bs(ninf), bt(ninf);
+        T xs = ninf, xt = ninf;
+        const auto sums = simd::sum_lanes<T, K + 2 + (StudentAtOne ? 1 : 0)>(b, e, [&](auto tag, std::size_t i) {
+          using V = typename decltype(tag)::type;
+          const V sv = simd::load<V>(sp + i), tv = simd::load<V>(tp + i);
+          if constexpr (simd::is_batch<V>) {  // the next chunk streams in while this one computes
+            simd::prefetch(sp + i + chunk_elems<T>);
+            simd::prefetch(tp + i + chunk_elems<T>);
+            bs = simd::vmax(sv, bs);
+            bt = simd::vmax(tv, bt);
+          } else {
+            xs = simd::vmax(sv, xs);
+            xt = simd::vmax(tv, xt);
+          }
+          if (put) pr.put(i, d.template value<V>(pa, pb, pm, i));  // read before this row's stores at i
+          const V ev = simd::exp2_ftz((sv - V(ss)) * V(c)), fv = simd::exp2_ftz((tv - V(st)) * V(c));
+          simd::store(es + i, ev);
+          if constexpr (KeepTeacher) simd::store(et + i, fv);
+          if constexpr (StudentAtOne) {
+            const V e1 = simd::exp2_ftz((sv - V(ss)) * V(simd::log2e<T>));
+            simd::store(ex + i, e1);
+            return prepend(ev, fv, extra(tag, i, sv, tv, ev, fv), std::make_index_sequence<K>{}, e1);
+          } else {
+            return prepend(ev, fv, extra(tag, i, sv, tv, ev, fv), std::make_index_sequence<K>{});
+          }
+        });
+        const T ms = simd::vmax(simd::hmax(bs), xs), mt = simd::vmax(simd::hmax(bt), xt);
+        if (ChunkedSoftmax<T>::fits(ms, ss, cmax) && ChunkedSoftmax<T>::fits(mt, st, c)) {
+          rs = simd::vmax(ms, rs);
+          rt = simd::vmax(mt, rt);
+          w.q.record(k, ss, it, sums[0]);
+          w.p.record(k, st, it, sums[1]);
+          for (std::size_t j = 0; j < K; ++j) w.chunk[k * K + j] = sums[j + 2];
+          if constexpr (StudentAtOne) w.m.record(k, ss, T(1), sums[K + 2]);
+          return;
         }
-        if (pout) pr.put(i, d.template value<V>(pa, pb, pm, i));  // read before this row's stores at i
-        const V sv = simd::load<V>(sp + i), tv = simd::load<V>(tp + i);
-        const V ev = simd::exp2_ftz((sv - V(ss)) * V(c)), fv = simd::exp2_ftz((tv - V(st)) * V(c));
-        simd::store(es + i, ev);
-        if constexpr (KeepTeacher) simd::store(et + i, fv);
-        if constexpr (StudentAtOne) {
-          const V e1 = simd::exp2_ftz((sv - V(ss)) * V(simd::log2e<T>));
-          simd::store(ex + i, e1);
-          return prepend(ev, fv, extra(tag, i, sv, tv, ev, fv), std::make_index_sequence<K>{}, e1);
-        } else {
-          return prepend(ev, fv, extra(tag, i, sv, tv, ev, fv), std::make_index_sequence<K>{});
-        }
-      });
-      w.q.record(k, ss, it, sums[0]);
-      w.p.record(k, st, it, sums[1]);
-      for (std::size_t j = 0; j < K; ++j) w.chunk[k * K + j] = sums[j + 2];
-      if constexpr (StudentAtOne) w.m.record(k, ss, T(1), sums[K + 2]);
+        // Rare: the chunk jumps far above the rows so far. Again with its own maxima (the
+        // pending row's entries here are out already).
+        put = false;
+        ss = ChunkedSoftmax<T>::shift_for(simd::vmax(ms, rs));
+        st = ChunkedSoftmax<T>::shift_for(simd::vmax(mt, rt));
+      }
     });
     if (pout) w.end_pending();
     w.q.finish(student_log_probs);

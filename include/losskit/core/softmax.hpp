@@ -2,14 +2,25 @@
 // Row softmax statistics in one streaming pass, with the online (max, sum) merge done per chunk.
 //
 // A row of n logits v is cut into chunks of `chunk_elems<T>` elements (8 KiB, so a chunk of
-// every input of a kernel stays in L1). For chunk k, with shift m_k = max over the chunk:
+// every input of a kernel stays in L1). For chunk k, with a shift m_k:
 //     e_i = exp((v_i - m_k) / T)        stored in a scratch row
 //     s_k = sum_i e_i                    (T lanes within the chunk, double across chunks)
 // and after the row, in double:
 //     M = max_k m_k / T over chunks with s_k > 0,   S = sum_k s_k exp(m_k / T - M),
-//     lse = M + log S,                   softmax_i = e_i * c_k  with  c_k = exp(m_k / T - lse).
+//     lse = M + log S,                   softmax_i = e_i * c_k  with  c_k = exp(m_k / T - lse)
+// (c_k = 0 for a chunk with s_k = 0 in a row with mass: its exps are all 0, whatever its shift).
 // So the logits are read once from memory, exp runs once per element, and later passes read
 // only the scratch row (L2) and multiply by one factor per chunk.
+//
+// The streaming kernels (PairRow::stats, sequence_logprobs) take as a chunk's shift the running
+// maximum of the chunks before it, so a chunk is one loop (its own maximum taken in the same
+// loop, for the next chunk), not a max pass and a loop; chunk() below keeps the max pass.
+//   - while there is no running maximum (the first chunk, or only -inf so far) a chunk takes
+//     its own maximum first: a shift of 0 could flush a whole chunk of very negative logits;
+//   - a chunk whose maximum m lies so far above the shift that its exps could pass 2^64
+//     (fits() false: a jump of 44 T) is redone against m;
+//   - elements far below the running maximum underflow to 0, as they would against the row
+//     maximum.
 //
 // Conventions: -inf logits are legal and give exactly 0 (a chunk of only -inf has shift 0);
 // a row whose logits are all -inf has no distribution: lse = -inf and the factors are NaN.
@@ -50,7 +61,8 @@ class ChunkedSoftmax {
     factor_.assign(k, T(0));
   }
 
-  // Chunk k over [b, e): out[i] = exp((v(i) - shift) * inv_t). `value(lanes<V>, i)` returns
+  // Chunk k over [b, e) against its own maximum (a max pass, then the exps: for kernels whose
+  // chunk value is computed from several rows): out[i] = exp((v(i) - shift) * inv_t). `value(lanes<V>, i)` returns
   // the logits as V (a load, or a sum of loads). `ahead`, if given, is prefetched at the same
   // offsets one chunk later, so memory streams in while this chunk computes (prefetches
   // never fault, so running past the row is harmless).
@@ -77,8 +89,16 @@ class ChunkedSoftmax {
     sum_[k] = sum;
   }
 
-  // The shift used for a chunk whose maximum is m: m itself, or 0 for a chunk of only -inf.
+  // The shift used for a chunk whose running maximum is m: m itself, or 0 for only -inf.
   static T shift_for(T m) { return m == -std::numeric_limits<T>::infinity() ? T(0) : m; }
+  // True while a row has no running maximum: the next chunk takes its own first (own_max()).
+  static bool needs_own_max(T running) { return running == -std::numeric_limits<T>::infinity(); }
+  static T own_max(const T* v, std::size_t b, std::size_t e) {
+    return simd::max_lanes<T>(b, e, [v](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(v + i); });
+  }
+  // False when a chunk of maximum m taken against `shift` at scale c (log2(e) / T) must be
+  // redone against m: its exps could pass 2^64.
+  static bool fits(T m, T shift, T c) { return !(m > shift) || (m - shift) * c <= T(64); }
 
   // Ends the row: computes lse and the per-chunk factors. Returns lse.
   double finish(bool log_probs) {
@@ -97,7 +117,7 @@ class ChunkedSoftmax {
       lse_ = std::isfinite(M) ? M + std::log(S) : (std::isnan(S) ? S : -std::numeric_limits<double>::infinity());
       total_ = 1.0;
     }
-    for (std::size_t k = 0; k < sum_.size(); ++k) factor_[k] = T(std::exp(shift_[k] - lse_));
+    for (std::size_t k = 0; k < sum_.size(); ++k) factor_[k] = T(factor_d(k));
     return lse_;
   }
 
@@ -105,7 +125,11 @@ class ChunkedSoftmax {
   // sum of the probabilities: 1 for logits; sum of exp(v) for log-probabilities.
   double total() const noexcept { return total_; }
   T factor(std::size_t k) const noexcept { return factor_[k]; }
-  double factor_d(std::size_t k) const noexcept { return std::exp(shift_[k] - lse_); }
+  // 0 for a chunk without mass in a row with mass (a chunk of only -inf has shift 0, which can
+  // lie far above lse: exp would overflow, and 0 * inf is NaN).
+  double factor_d(std::size_t k) const noexcept {
+    return sum_[k] == 0.0 && std::isfinite(lse_) ? 0.0 : std::exp(shift_[k] - lse_);
+  }
   double chunk_sum(std::size_t k) const noexcept { return sum_[k]; }
   // sum_k factor_d(k) (a extra[k] + b chunk_sum(k)): merges per-chunk sums of a kernel's own
   // (taken relative to the chunk shifts, e.g. sum p (t - s)) into a row value.

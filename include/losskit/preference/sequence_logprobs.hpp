@@ -281,18 +281,14 @@ inline std::array<V, sizeof...(J) + 1> prepend_one(const V& a, const X& x, std::
 // Chunk k = [b, e) of a row v, in one loop over the chunk: e_i = 2^((v_i - shift) log2(e) / T)
 // (stored in `out` if given), their sum, the chunk's maximum and K sums of
 // extra(lanes<V>, i, v_i, e_i, shift) -> std::array<V, K> (into `sums`). The shift is the running
-// maximum of the earlier chunks (chunk 0 takes its own maximum first), so no separate max pass
-// is needed; a chunk whose maximum exceeds the shift so far that its exps could pass 2^64 is
-// redone with its own maximum (rare: it takes a jump of 44 T in the logits). Elements far below
-// the running maximum underflow to 0, as they would against the row maximum. Records the chunk
-// in `sm` and returns the shift used.
+// maximum `running` of the earlier chunks (-inf before the first), with its exceptions
+// (core/softmax.hpp). Records the chunk in `sm` and returns the shift used.
 template <class T, std::size_t K, class Extra>
 inline T exp_chunk(ChunkedSoftmax<T>& sm, std::size_t k, std::size_t b, std::size_t e, T inv_t, const T* v, T* out,
                    T& running, Extra&& extra, std::array<double, K>& sums) {
   using B = simd::batch<T>;
   const T ninf = -std::numeric_limits<T>::infinity();
-  if (k == 0)
-    running = simd::max_lanes<T>(b, e, [v](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(v + i); });
+  if (ChunkedSoftmax<T>::needs_own_max(running)) running = ChunkedSoftmax<T>::own_max(v, b, e);
   const T c = inv_t * simd::log2e<T>;
   T shift = ChunkedSoftmax<T>::shift_for(running);
   for (;;) {
@@ -313,7 +309,7 @@ inline T exp_chunk(ChunkedSoftmax<T>& sm, std::size_t k, std::size_t b, std::siz
       return prepend_one(ex, extra(tag, i, x, ex, sh), std::make_index_sequence<K>{});
     });
     const T m = simd::vmax(simd::hmax(mb), ms);
-    if (!(m > shift) || (m - shift) * c <= T(64)) {
+    if (ChunkedSoftmax<T>::fits(m, shift, c)) {
       running = simd::vmax(m, running);
       sm.record(k, shift, inv_t, s[0]);
       for (std::size_t j = 0; j < K; ++j) sums[j] = s[j + 1];
@@ -339,7 +335,7 @@ inline TokenStats token_stats_impl(SeqScratch<T>& w, const T* z, const T* a, std
     w.kl.assign(chunks, 0.0);
   }
   if (Entropy) w.ent.assign(chunks, 0.0);
-  T run_z = 0, run_a = 0;
+  T run_z = -std::numeric_limits<T>::infinity(), run_a = run_z;  // running maxima (core/softmax.hpp)
   for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
     std::array<double, Entropy ? 1 : 0> hz;
     exp_chunk<T>(
