@@ -16,3 +16,15 @@
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 #endif
+
+// Inline into the caller: for_chunks and the per-chunk lambdas of the streaming loops
+// (LOSSKIT_LAMBDA_INLINE goes after a lambda's parameter list), which GCC may otherwise leave
+// out of line once they grow; out of line, every value they capture by reference is reloaded
+// after each float store of the inner loop (measured: kl_div 5% slower).
+#if defined(__GNUC__) || defined(__clang__)
+#define LOSSKIT_ALWAYS_INLINE __attribute__((always_inline)) inline
+#define LOSSKIT_LAMBDA_INLINE __attribute__((always_inline))
+#else
+#define LOSSKIT_ALWAYS_INLINE inline
+#define LOSSKIT_LAMBDA_INLINE
+#endif

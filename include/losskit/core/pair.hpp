@@ -140,6 +140,9 @@ inline std::array<V, sizeof...(J) + 2 + sizeof...(Tail)> prepend(const V& a, con
   return {a, b, x[J]..., tail...};
 }
 
+// A third softmax that PairRow::stats can take in the same loop (see there).
+enum class Third { none, student_at_one, sum };
+
 template <class T>
 struct PairRow {
   const T* s;
@@ -156,14 +159,16 @@ struct PairRow {
   // extra(lanes<V>, i, s_i, t_i, es_i, et_i) -> std::array<V, K>, computed while everything is
   // in registers. Chunk k's extra sums land in w.chunk[k * K + j] (relative to the chunk's own
   // shifts: multiply by the chunk factors to merge). With KeepTeacher = false the teacher's
-  // exps are not stored: et is free for the kernel's extra to store a row of its own. With
-  // StudentAtOne the student's softmax at temperature 1 is taken too (temperature KD's hard
-  // term): exps into ex (same shifts), statistics into w.m.
-  template <std::size_t K, bool KeepTeacher = true, bool StudentAtOne = false, class Extra>
+  // exps are not stored: et is free for the kernel's extra to store a row of its own. A third
+  // softmax (exps into ex, statistics into w.m) rides along with Third::student_at_one (the
+  // student at temperature 1: temperature KD's hard term; same shifts as the student) or
+  // Third::sum (softmax((s + t) / 2T), Cauchy-Schwarz: a running maximum of its own).
+  template <std::size_t K, bool KeepTeacher = true, Third third = Third::none, class Extra>
   void stats(Extra&& extra) {
+    constexpr bool three = third != Third::none;
     w.q.reset(n);
     w.p.reset(n);
-    if constexpr (StudentAtOne) w.m.reset(n);
+    if constexpr (three) w.m.reset(n);
     w.chunk.assign(chunk_count(n, chunk_elems<T>) * K, 0.0);
     const T* sp = s;
     const T* tp = t;
@@ -176,70 +181,84 @@ struct PairRow {
     if (d.row && d.row.n != n) w.flush();
     const PendingRow<T> pr = d.row;  // a local copy: the float stores below cannot change it
     const bool pout = bool(pr);
-    // Running maxima of both rows over the chunks so far: each chunk's exps are taken against
+    // Running maxima of the rows over the chunks so far: each chunk's exps are taken against
     // them (core/softmax.hpp).
+    using CS = ChunkedSoftmax<T>;
     const T ninf = -std::numeric_limits<T>::infinity();
-    T rs = ninf, rt = ninf;
+    T rs = ninf, rt = ninf, rm = ninf;
     // exp((v - shift) / T) = 2^((v - shift) c), c = log2(e) / T. The difference is taken
     // first (exact near the maximum): folding -shift c into an fma would round it once per
     // chunk, an error of ~1e-6 for logits near 30 that no recorded shift accounts for.
     const T c = it * simd::log2e<T>;
-    // The largest exponent scale in the loop (the student at T = 1 rides along for KD).
-    const T cmax = StudentAtOne ? simd::vmax(c, simd::log2e<T>) : c;
-    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
+    // The third softmax's scale, its inverse temperature, and the largest scale applied to
+    // the student's shift.
+    const T c3 = third == Third::sum ? c / T(2) : simd::log2e<T>, it3 = third == Third::sum ? it / T(2) : T(1);
+    const T cs = third == Third::student_at_one ? simd::vmax(c, c3) : c;
+    const auto sum_row = [sp, tp](auto tag, std::size_t i) {
+      using V = typename decltype(tag)::type;
+      return simd::load<V>(sp + i) + simd::load<V>(tp + i);
+    };
+    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) LOSSKIT_LAMBDA_INLINE {
       const T pa = pout ? d.alpha[k] : T(0), pb = pout ? d.beta[k] : T(0), pm = pout ? d.gamma[k] : T(0);
-      if (ChunkedSoftmax<T>::needs_own_max(rs)) rs = ChunkedSoftmax<T>::own_max(sp, b, e);
-      if (ChunkedSoftmax<T>::needs_own_max(rt)) rt = ChunkedSoftmax<T>::own_max(tp, b, e);
-      T ss = ChunkedSoftmax<T>::shift_for(rs), st = ChunkedSoftmax<T>::shift_for(rt);
+      if (CS::needs_own_max(rs)) rs = CS::own_max(sp, b, e);
+      if (CS::needs_own_max(rt)) rt = CS::own_max(tp, b, e);
+      if (third == Third::sum && CS::needs_own_max(rm)) rm = simd::max_lanes<T>(b, e, sum_row);
+      T ss = CS::shift_for(rs), st = CS::shift_for(rt), sm = third == Third::sum ? CS::shift_for(rm) : ss;
       bool put = pout;
       for (;;) {
-        simd::batch<T> bs(ninf), bt(ninf);
-        T xs = ninf, xt = ninf;
-        const auto sums = simd::sum_lanes<T, K + 2 + (StudentAtOne ? 1 : 0)>(b, e, [&](auto tag, std::size_t i) {
+        simd::batch<T> bs(ninf), bt(ninf), bm(ninf);
+        T xs = ninf, xt = ninf, xm = ninf;
+        const auto sums = simd::sum_lanes<T, K + 2 + (three ? 1 : 0)>(b, e, [&](auto tag, std::size_t i) {
           using V = typename decltype(tag)::type;
           const V sv = simd::load<V>(sp + i), tv = simd::load<V>(tp + i);
+          [[maybe_unused]] const V mv = third == Third::sum ? sv + tv : sv;
           if constexpr (simd::is_batch<V>) {  // the next chunk streams in while this one computes
             simd::prefetch(sp + i + chunk_elems<T>);
             simd::prefetch(tp + i + chunk_elems<T>);
             bs = simd::vmax(sv, bs);
             bt = simd::vmax(tv, bt);
+            if constexpr (third == Third::sum) bm = simd::vmax(mv, bm);
           } else {
             xs = simd::vmax(sv, xs);
             xt = simd::vmax(tv, xt);
+            if constexpr (third == Third::sum) xm = simd::vmax(mv, xm);
           }
           if (put) pr.put(i, d.template value<V>(pa, pb, pm, i));  // read before this row's stores at i
           const V ev = simd::exp2_ftz((sv - V(ss)) * V(c)), fv = simd::exp2_ftz((tv - V(st)) * V(c));
           simd::store(es + i, ev);
           if constexpr (KeepTeacher) simd::store(et + i, fv);
-          if constexpr (StudentAtOne) {
-            const V e1 = simd::exp2_ftz((sv - V(ss)) * V(simd::log2e<T>));
-            simd::store(ex + i, e1);
-            return prepend(ev, fv, extra(tag, i, sv, tv, ev, fv), std::make_index_sequence<K>{}, e1);
+          if constexpr (three) {
+            const V e3 = simd::exp2_ftz((mv - V(sm)) * V(c3));
+            simd::store(ex + i, e3);
+            return prepend(ev, fv, extra(tag, i, sv, tv, ev, fv), std::make_index_sequence<K>{}, e3);
           } else {
             return prepend(ev, fv, extra(tag, i, sv, tv, ev, fv), std::make_index_sequence<K>{});
           }
         });
         const T ms = simd::vmax(simd::hmax(bs), xs), mt = simd::vmax(simd::hmax(bt), xt);
-        if (ChunkedSoftmax<T>::fits(ms, ss, cmax) && ChunkedSoftmax<T>::fits(mt, st, c)) {
+        const T mm = simd::vmax(simd::hmax(bm), xm);
+        if (CS::fits(ms, ss, cs) && CS::fits(mt, st, c) && (third != Third::sum || CS::fits(mm, sm, c3))) {
           rs = simd::vmax(ms, rs);
           rt = simd::vmax(mt, rt);
+          rm = simd::vmax(mm, rm);
           w.q.record(k, ss, it, sums[0]);
           w.p.record(k, st, it, sums[1]);
           for (std::size_t j = 0; j < K; ++j) w.chunk[k * K + j] = sums[j + 2];
-          if constexpr (StudentAtOne) w.m.record(k, ss, T(1), sums[K + 2]);
+          if constexpr (three) w.m.record(k, sm, it3, sums[K + 2]);
           return;
         }
         // Rare: the chunk jumps far above the rows so far. Again with its own maxima (the
         // pending row's entries here are out already).
         put = false;
-        ss = ChunkedSoftmax<T>::shift_for(simd::vmax(ms, rs));
-        st = ChunkedSoftmax<T>::shift_for(simd::vmax(mt, rt));
+        ss = CS::shift_for(simd::vmax(ms, rs));
+        st = CS::shift_for(simd::vmax(mt, rt));
+        sm = third == Third::sum ? CS::shift_for(simd::vmax(mm, rm)) : ss;
       }
     });
     if (pout) w.end_pending();
     w.q.finish(student_log_probs);
     w.p.finish(teacher_log_probs);
-    if constexpr (StudentAtOne) w.m.finish(student_log_probs);
+    if constexpr (three) w.m.finish(third == Third::student_at_one && student_log_probs);
   }
   void stats() {
     stats<0>([](auto, std::size_t, const auto&, const auto&, const auto&, const auto&) { return std::array<int, 0>{}; });

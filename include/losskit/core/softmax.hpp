@@ -44,7 +44,7 @@ inline std::size_t chunk_count(std::size_t n, std::size_t chunk) { return (n + c
 
 // fn(k, begin, end) for each chunk of [0, n).
 template <class T, class Fn>
-inline void for_chunks(std::size_t n, Fn&& fn) {
+LOSSKIT_ALWAYS_INLINE void for_chunks(std::size_t n, Fn&& fn) {
   constexpr std::size_t C = chunk_elems<T>;
   for (std::size_t k = 0, b = 0; b < n; ++k, b += C) fn(k, b, b + C < n ? b + C : n);
 }

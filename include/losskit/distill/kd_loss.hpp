@@ -85,7 +85,7 @@ struct KdRow {
     PairRow<T> row{s.row(r), t.row(r), n, inv_t, false, false, w, stream};
     // Softmaxes at 1/T of both rows (es, et), of the student at 1 (ex, w.m; the same as es when
     // T = 1), and the KL sum, in one pass; the previous row's gradient goes out meanwhile.
-    row.template stats<1, true, !Same>(KlTerm{});
+    row.template stats<1, true, Same ? Third::none : Third::student_at_one>(KlTerm{});
     const ChunkedSoftmax<T>& one = Same ? w.q : w.m;
     const T* e1 = Same ? w.es : w.ex;
     const double lse1 = one.lse(), gap = w.p.lse() - w.q.lse();

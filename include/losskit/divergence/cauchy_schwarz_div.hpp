@@ -7,7 +7,7 @@
 //   D_CS = LSE(2 t / T) + LSE(2 s / T) - 2 LSE((s + t) / T)
 //   d/ds_j = (2 / T) (softmax(2 s / T)_j - softmax((s + t) / T)_j)    (sums to 0)
 // With log-probability inputs the same expressions hold with T = 1 (the gradient is then the
-// log-space one). Costs three exps per element.
+// log-space one). Costs three exps per element, in one loop (PairRow::stats with Third::sum).
 
 #include "losskit/core/pair_loss.hpp"
 
@@ -22,30 +22,17 @@ struct CauchySchwarzDiv {
   template <class T>
   static double row(PairRow<T>& r, T* grad, double scale, const DivergenceOptions&) {
     auto& w = r.w;
-    const T* s = r.s;
-    const T* t = r.t;
-    const T two = T(2) * r.inv_t;
-    w.q.reset(r.n);
-    w.p.reset(r.n);
-    w.m.reset(r.n);
-    auto sv = [s](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(s + i); };
-    auto tv = [t](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(t + i); };
-    auto stv = [s, t](auto tag, std::size_t i) {
-      using V = typename decltype(tag)::type;
-      return simd::load<V>(s + i) + simd::load<V>(t + i);
-    };
-    const bool pending = w.pending.row && w.pending.row.n == r.n;
-    if (!pending) w.flush();
-    for_chunks<T>(r.n, [&](std::size_t k, std::size_t b, std::size_t e) {
-      if (pending) w.flush_chunk(k, b, e);  // the previous row's gradient, before its scratch is reused
-      w.q.chunk(k, b, e, two, sv, w.es, s);
-      w.p.chunk(k, b, e, two, tv, w.et, t);
-      w.m.chunk(k, b, e, r.inv_t, stv, w.ex);
+    // One loop per chunk: softmax(2 s / T), softmax(2 t / T) (the loop's temperature is T / 2)
+    // and softmax((s + t) / T) as the third. Log-probability inputs are softmaxed all the same.
+    const T inv_t = r.inv_t;
+    r.inv_t = T(2) * inv_t;
+    r.template stats<0, true, Third::sum>([](auto, std::size_t, const auto&, const auto&, const auto&, const auto&) {
+      return std::array<int, 0>{};
     });
-    if (pending) w.end_pending();
+    r.inv_t = inv_t;
     const double value = w.q.finish(false) + w.p.finish(false) - 2.0 * w.m.finish(false);
     if (grad) {
-      const double a = 2.0 * scale * double(r.inv_t);
+      const double a = 2.0 * scale * double(inv_t);
       w.defer_grad(
           grad, r.n, r.stream, w.ex, [&](std::size_t k) { return a * w.q.factor_d(k); },
           [&](std::size_t k) { return -a * w.m.factor_d(k); });
