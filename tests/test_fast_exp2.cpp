@@ -25,7 +25,8 @@ T batch_exp2(T x) {  // lane 0 of exp2_ftz on a batch filled with x
 TEMPLATE_TEST_CASE("exp2_ftz: relative error over the normal range, batches and scalars", "[fast_exp2]", float,
                    double) {
   using T = TestType;
-  // float: <= 1.5 ulp (the AVX-512 polynomial measures 0.7 ulp; xsimd's exp2 elsewhere 1.5 ulp)
+  // float: the AVX-512 polynomial measures 1.71e-7 (a dense sweep; about 2 ulp near 2^-1/2),
+  // xsimd's exp2 elsewhere 1.5 ulp
   const double tol = std::is_same_v<T, float> ? 1.8e-7 : 4e-16;
   double worst_b = 0, worst_s = 0, at_b = 0;
   for (double x = -125.9; x < 126.0; x += 0.0137) {

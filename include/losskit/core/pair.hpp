@@ -51,7 +51,7 @@ struct PairScratch {
   std::vector<double> chunk;  // one value per chunk for a kernel's `extra` hook
 
   // A gradient row recorded by a pipelined write_grad, not yet written (core/pending.hpp):
-  //   out_i = E_i * (alpha_k + gamma_k * G_i) + beta_k * G_i   over chunk k
+  //   out_i = alpha_k E_i + beta_k G_i   over chunk k
   // (E and G two scratch rows, E = es unless a kernel names another), then optionally one entry
   // out[fix] = fix_value (computed apart, e.g. in double; set after the streamed row is fenced).
   static constexpr std::size_t no_fix = PendingRow<T>::no_fix;
@@ -59,12 +59,11 @@ struct PairScratch {
     PendingRow<T> row;
     const T* es = nullptr;
     const T* G = nullptr;
-    std::vector<T> alpha, beta, gamma;
-    // out_i with chunk k's coefficients a = alpha_k, c = beta_k, m = gamma_k.
+    std::vector<T> alpha, beta;
+    // out_i with chunk k's coefficients a = alpha_k, c = beta_k (one mul and one fma).
     template <class V>
-    V value(T a, T c, T m, std::size_t i) const {
-      const V g = simd::load<V>(G + i);
-      return simd::load<V>(es + i) * (V(a) + V(m) * g) + V(c) * g;
+    V value(T a, T c, std::size_t i) const {
+      return simd::fma(simd::load<V>(es + i), V(a), V(c) * simd::load<V>(G + i));
     }
   } pending;
   bool pipelined = false;
@@ -77,16 +76,16 @@ struct PairScratch {
     et = base + n;
     ex = spare ? base + 2 * n : nullptr;
   }
-  // Records `out` as the pending gradient row (coefficients per chunk from alpha(k), beta(k),
-  // gamma(k); the entry `fix` set to fix_value last). Call it after this row's stats() (or a
+  // Records `out` as the pending gradient row (coefficients per chunk from alpha(k), beta(k);
+  // the entry `fix` set to fix_value last). Call it after this row's stats() (or a
   // loop with flush_chunk()), which wrote the previous pending row. Not pipelined: written
   // right away.
-  template <class Alpha, class Beta, class Gamma>
+  template <class Alpha, class Beta>
   void defer_grad(T* out, std::size_t n, bool stream, const T* E, const T* G, Alpha&& alpha, Beta&& beta,
-                  Gamma&& gamma, std::size_t fix = no_fix, T fix_value = T(0));
+                  std::size_t fix = no_fix, T fix_value = T(0));
   template <class Alpha, class Beta>
   void defer_grad(T* out, std::size_t n, bool stream, const T* G, Alpha&& alpha, Beta&& beta) {
-    defer_grad(out, n, stream, es, G, alpha, beta, [](std::size_t) { return 0.0; });
+    defer_grad(out, n, stream, es, G, alpha, beta);
   }
   // Chunk k = [b, e) of the pending row; end_pending() after the last chunk. For kernels with
   // a chunk loop of their own (stats() writes the pending row element by element).
@@ -103,17 +102,17 @@ struct PairScratch {
 template <class T>
 inline void PairScratch<T>::flush_chunk(std::size_t k, std::size_t b, std::size_t e) {
   const Pending& d = pending;
-  const T a = d.alpha[k], c = d.beta[k], m = d.gamma[k];
+  const T a = d.alpha[k], c = d.beta[k];
   simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) {
     using V = typename decltype(tag)::type;
-    d.row.put(i, d.template value<V>(a, c, m, i));
+    d.row.put(i, d.template value<V>(a, c, i));
   });
 }
 
 template <class T>
-template <class Alpha, class Beta, class Gamma>
+template <class Alpha, class Beta>
 inline void PairScratch<T>::defer_grad(T* out, std::size_t n, bool stream, const T* E, const T* G, Alpha&& alpha,
-                                       Beta&& beta, Gamma&& gamma, std::size_t fix, T fix_value) {
+                                       Beta&& beta, std::size_t fix, T fix_value) {
   // The previous row's gradient must be out already (stats() or flush_chunk() wrote it while
   // this row's scratch replaced its own): flushing it here would read overwritten scratch.
   assert(!pending.row && "losskit: defer_grad() before the pending row was written");
@@ -121,11 +120,9 @@ inline void PairScratch<T>::defer_grad(T* out, std::size_t n, bool stream, const
   const std::size_t chunks = chunk_count(n, chunk_elems<T>);
   d.alpha.resize(chunks);
   d.beta.resize(chunks);
-  d.gamma.resize(chunks);
   for (std::size_t k = 0; k < chunks; ++k) {
     d.alpha[k] = T(alpha(k));
     d.beta[k] = T(beta(k));
-    d.gamma[k] = T(gamma(k));
   }
   d.row.start(out, n, stream, fix, fix_value);
   d.es = E;
@@ -199,7 +196,7 @@ struct PairRow {
       return simd::load<V>(sp + i) + simd::load<V>(tp + i);
     };
     for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) LOSSKIT_LAMBDA_INLINE {
-      const T pa = pout ? d.alpha[k] : T(0), pb = pout ? d.beta[k] : T(0), pm = pout ? d.gamma[k] : T(0);
+      const T pa = pout ? d.alpha[k] : T(0), pb = pout ? d.beta[k] : T(0);
       if (CS::needs_own_max(rs)) rs = CS::own_max(sp, b, e);
       if (CS::needs_own_max(rt)) rt = CS::own_max(tp, b, e);
       if (third == Third::sum && CS::needs_own_max(rm)) rm = simd::max_lanes<T>(b, e, sum_row);
@@ -223,7 +220,7 @@ struct PairRow {
             xt = simd::vmax(tv, xt);
             if constexpr (third == Third::sum) xm = simd::vmax(mv, xm);
           }
-          if (put) pr.put(i, d.template value<V>(pa, pb, pm, i));  // read before this row's stores at i
+          if (put) pr.put(i, d.template value<V>(pa, pb, i));  // read before this row's stores at i
           const V ev = simd::exp2_ftz((sv - V(ss)) * V(c)), fv = simd::exp2_ftz((tv - V(st)) * V(c));
           simd::store(es + i, ev);
           if constexpr (KeepTeacher) simd::store(et + i, fv);

@@ -102,11 +102,10 @@ struct KdRow {
       const std::size_t ky = y / chunk_elems<T>;
       const double qy = double(w.es[y]) * w.q.factor_d(ky), py = double(w.et[y]) * w.p.factor_d(ky);
       const T gy = T(a1 * (double(e1[y]) * one.factor_d(ky) - 1.0) + a2 * (qy - py));
-      auto zero = [](std::size_t) { return 0.0; };
       if constexpr (Same) {  // g = (a1 + a2) q - a2 p
         w.defer_grad(
             grad, n, stream, w.es, w.et, [&](std::size_t k) { return (a1 + a2) * w.q.factor_d(k); },
-            [&](std::size_t k) { return -a2 * w.p.factor_d(k); }, zero, y, gy);
+            [&](std::size_t k) { return -a2 * w.p.factor_d(k); }, y, gy);
       } else {  // g = a1 softmax(z) + a2 (q - p): three rows, written here in a pass of its own
         // (deferring it would need them combined into two first, an extra pass that costs
         // what the overlap saves)
