@@ -587,7 +587,7 @@ TEMPLATE_TEST_CASE("sequence_logprobs: jumps between chunks, peaked rows, the ta
                    "[sequence_logprobs]", float, double) {
   using T = TestType;
   const Eigen::Index cols = 5000;  // several chunks in float (2048) and double (1024)
-  RowMatrix<T> z = lktest::random_logits<T>(5, cols, 60u, 1.0);
+  RowMatrix<T> z = lktest::random_logits<T>(6, cols, 60u, 1.0);
   z(0, 3000) = T(90);    // row 0: far above the first chunk's maximum (the chunk is redone)
   z(1, 10) = T(40);      // row 1: first chunk high, the rest far below (they underflow)
   for (Eigen::Index c = 2048; c < cols; ++c) z(1, c) -= T(200);
@@ -597,31 +597,34 @@ TEMPLATE_TEST_CASE("sequence_logprobs: jumps between chunks, peaked rows, the ta
   // all flush to 0; the first chunk with a finite logit takes its own maximum)
   z.row(4).array() -= T(1000);
   z.row(4).head(2200).setConstant(-std::numeric_limits<T>::infinity());
-  const Labels64 y{3000, 11, 4999, 7, 3000};
+  z(5, 3000) = T(25);    // row 5: pi(target) -> 1 with the peak in a later chunk (its exp exact)
+  const Labels64 y{3000, 11, 4999, 7, 3000, 3000};
   SequenceLogprobOptions o;
   o.per_token = o.entropy = true;
-  const auto layout = SequenceLayout::fixed(5, 1);
+  const auto layout = SequenceLayout::fixed(6, 1);
   const auto f = losskit::sequence_logprobs(z, y, layout, o);
-  for (Eigen::Index r = 0; r < 5; ++r) {
+  for (Eigen::Index r = 0; r < 6; ++r) {
     const RowRef ref = row_reference(z.row(r), z.row(r), y[std::size_t(r)], 1.0);
     CAPTURE(r, f.token_logp[r], double(ref.logp), f.token_entropy[r], double(ref.entropy));
     CHECK(std::fabs(f.token_logp[r] - double(ref.logp)) <= value_tol<T>(double(ref.logp)));
     CHECK(std::fabs(f.token_entropy[r] - double(ref.entropy)) <= value_tol<T>(double(ref.entropy)));
   }
   // The target entry: (1 - pi_y) in double, so it keeps relative accuracy when pi_y ~ 1.
-  const Eigen::VectorXd d = Eigen::VectorXd::Ones(5);
+  const Eigen::VectorXd d = Eigen::VectorXd::Ones(6);
   for (bool reuse : {false, true}) {
-    RowMatrix<T> g(5, cols);
+    RowMatrix<T> g(6, cols);
     if (reuse)
       losskit::sequence_logprobs_backward(z, y, layout, d, g, o, f);
     else
       losskit::sequence_logprobs_backward(z, y, layout, d, g, o);
     // (float: logp itself carries the float rounding of the row sum, ~6e-8 absolute)
-    const auto x = lktest::log_softmax(z.row(3), 1.0L);
-    const ld want = -std::expm1(x[7]);  // 1 - pi_y, about 1e-7
-    CAPTURE(reuse, double(g(3, 7)), double(want));
-    CHECK(std::fabs(double(g(3, 7)) - double(want)) <= (std::is_same_v<T, float> ? 1e-7 : 1e-6 * double(want)));
-    for (Eigen::Index r = 0; r < 5; ++r) {
+    for (const auto& [row, col] : {std::pair<Eigen::Index, Eigen::Index>{3, 7}, {5, 3000}}) {
+      const auto x = lktest::log_softmax(z.row(row), 1.0L);
+      const ld want = -std::expm1(x[std::size_t(col)]);  // 1 - pi_y, about 1e-7
+      CAPTURE(reuse, row, double(g(row, col)), double(want));
+      CHECK(std::fabs(double(g(row, col)) - double(want)) <= (std::is_same_v<T, float> ? 1e-7 : 1e-6 * double(want)));
+    }
+    for (Eigen::Index r = 0; r < 6; ++r) {
       const auto xr = lktest::log_softmax(z.row(r), 1.0L);
       double worst = 0;
       for (Eigen::Index c = 0; c < cols; ++c) {

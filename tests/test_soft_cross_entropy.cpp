@@ -490,3 +490,30 @@ TEST_CASE("soft_cross_entropy: errors name the function, argument and values; ou
   CHECK(has(err(o), "'weights' has 3 entries, expected one per row (4)"));
   CHECK((g.array() == 42.f).all());
 }
+
+TEMPLATE_TEST_CASE("soft_cross_entropy: chunks against the running maximum (jumps, a leading run of -inf)",
+                   "[soft_cross_entropy][inf]", float, double) {
+  // Chunks are 8 KiB (2048 floats, 1024 doubles). Row 1 jumps by 200 in its tail (that chunk is
+  // redone against its own maximum), row 2 starts with 2500 -inf logits (zero targets there) and
+  // continues near -1000. Reversed columns put every row's maximum in the first chunk.
+  using T = TestType;
+  const Eigen::Index n = 5000;
+  RowMatrix<T> z = lktest::random_logits<T>(3, n, 21u);
+  const RowMatrix<T> t = random_targets<T>(3, n, 22u, "norm");
+  RowMatrix<T> t2 = t;
+  z.row(1).tail(900).array() += T(200);
+  z.row(2).array() -= T(1000);
+  z.row(2).head(2500).setConstant(-std::numeric_limits<T>::infinity());
+  t2.row(2).head(2500).setZero();
+  const RowMatrix<T> zr = z.rowwise().reverse(), tr = t2.rowwise().reverse();
+  Setup s;
+  SoftCrossEntropyOptions o = s.options();
+  o.reduction = losskit::Reduction::sum;
+  RowMatrix<T> g(3, n), gr(3, n);
+  const double v = losskit::soft_cross_entropy(z, t2, g, o).value;
+  const double vr = losskit::soft_cross_entropy(zr, tr, gr, o).value;
+  CHECK_THAT(v, WithinRel(double(reference_mean(z, t2, s)) * 3, tolerance<T>()));
+  CHECK_THAT(v, WithinRel(vr, tolerance<T>()));
+  CHECK(g.allFinite());
+  CHECK((g - RowMatrix<T>(gr.rowwise().reverse())).cwiseAbs().maxCoeff() <= T(std::is_same_v<T, float> ? 1e-6 : 1e-12));
+}

@@ -305,3 +305,30 @@ TEST_CASE("topk_kl_div: errors", "[topk_kl_div][errors]") {
   CHECK(has(lktest::invalid_argument_of([&] { losskit::topk_kl_div(s, t9, g, {}); }), "'teacher' has shape 4x9"));
   CHECK((g.array() == 42.f).all());
 }
+
+TEMPLATE_TEST_CASE("topk_kl_div: a chunk redone by the statistics loop copies its band entries once",
+                   "[topk_kl_div]", float, double) {
+  // Rows wide enough for the sampled selection (k < V, V > 2048). Row 0's student and row 1's
+  // teacher jump by 200 in a later chunk, which PairRow::stats redoes against its own maximum;
+  // the bracketed teacher entries it copies must not be appended twice. Reversed columns put
+  // the jumps in the first chunk (no redo).
+  using T = TestType;
+  const Eigen::Index n = 5000;
+  RowMatrix<T> s = lktest::random_logits<T>(2, n, 31u), t = lktest::random_logits<T>(2, n, 32u);
+  s.row(0).tail(n - 2048).array() += T(200);
+  t.row(1).tail(n - 2500).array() += T(200);
+  const RowMatrix<T> sr = s.rowwise().reverse(), tr = t.rowwise().reverse();
+  for (bool renorm : {false, true}) {
+    CAPTURE(renorm);
+    TopkKlOptions o;
+    o.k = 100;
+    o.renormalize = renorm;
+    o.reduction = Reduction::sum;
+    RowMatrix<T> g(2, n), gr(2, n);
+    const double v = losskit::topk_kl_div(s, t, g, o).value, vr = losskit::topk_kl_div(sr, tr, gr, o).value;
+    const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-10;
+    CHECK_THAT(v, WithinRel(double(reference_mean(s, t, 100, renorm, 1.0)) * 2, tol));
+    CHECK_THAT(v, WithinRel(vr, tol));
+    CHECK((g - RowMatrix<T>(gr.rowwise().reverse())).cwiseAbs().maxCoeff() <= T(std::is_same_v<T, float> ? 1e-6 : 1e-12));
+  }
+}

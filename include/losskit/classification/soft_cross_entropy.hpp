@@ -22,14 +22,17 @@
 // 0 * -inf); u_i != 0 where z_i = -inf gives +inf (with smoothing every class has u_i > 0
 // unless its class weight is 0). NaN or +inf inputs give NaN.
 //
-// Numerics: one streaming pass per row in chunks of 8 KiB (chunk max, then one loop storing the
-// exps in a scratch row and summing U and sum_i u_i (z_i - m_k) relative to the chunk's max m_k,
-// so large logits do not cancel against lse), then one pass writing the gradient from the
+// Numerics: one streaming pass per row in chunks of 8 KiB (one loop per chunk storing the exps
+// in a scratch row and summing U and sum_i u_i (z_i - m_k) relative to the chunk's shift m_k,
+// the running maximum of the row (core/softmax.hpp exp_chunk), so large logits do not cancel
+// against lse), then one pass writing the gradient from the
 // scratch row and the targets (re-read from cache). `grad` may be the logits or the targets.
 
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -82,7 +85,7 @@ struct SoftCrossEntropyRow {
     const T* z = x.row(r);
     const T* tr = t.row(r);
     T* ex = w.ex;
-    const T kp = keep, ad = add, it = inv_t, c = inv_t * simd::log2e<T>;
+    const T kp = keep, ad = add, it = inv_t;
     const T* cwp = cw;
     auto u_at = [=](auto tag, std::size_t i) {  // u_i = w_i t'_i
       using V = typename decltype(tag)::type;
@@ -99,24 +102,20 @@ struct SoftCrossEntropyRow {
     w.mass.resize(chunks);
     w.dot.resize(chunks);
     w.shift.resize(chunks);
-    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
-      const T m = ChunkedSoftmax<T>::shift_for(
-          simd::max_lanes<T>(b, e, [z](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(z + i); }));
-      const auto s = simd::sum_lanes<T, 3>(b, e, [&](auto tag, std::size_t i) {
-        using V = typename decltype(tag)::type;
-        if constexpr (simd::is_batch<V>) {  // the next chunk streams in while this one computes
-          simd::prefetch(z + i + chunk_elems<T>);
-          simd::prefetch(tr + i + chunk_elems<T>);
-        }
-        const V d = simd::load<V>(z + i) - V(m);
-        const V e_i = simd::exp2_ftz(d * V(c));
-        simd::store(ex + i, e_i);
-        const V u = u_at(tag, i);
-        return std::array<V, 3>{e_i, u, simd::where(u != V(T(0)), u * d)};
-      });
-      sm.record(k, m, it, s[0]);
-      w.mass[k] = s[1];
-      w.dot[k] = s[2];
+    T running = -std::numeric_limits<T>::infinity();
+    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) LOSSKIT_LAMBDA_INLINE {
+      std::array<double, 2> s;
+      const T m = exp_chunk<T>(
+          sm, k, b, e, it, z, ex, running,
+          [&](auto tag, std::size_t i, const auto& zv, const auto&, T shift) {
+            using V = typename decltype(tag)::type;
+            if constexpr (simd::is_batch<V>) simd::prefetch(tr + i + chunk_elems<T>);  // the targets stream in too
+            const V u = u_at(tag, i);
+            return std::array<V, 2>{u, simd::where(u != V(T(0)), u * (zv - V(shift)))};
+          },
+          s);
+      w.mass[k] = s[0];
+      w.dot[k] = s[1];
       w.shift[k] = double(m) * double(it);
     });
     const double lse = sm.finish(false);

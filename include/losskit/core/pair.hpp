@@ -154,8 +154,10 @@ struct PairRow {
   // Step 1: one pass over memory. Per chunk, one loop taking both exps (stored in es, et)
   // against the rows' running maxima (core/softmax.hpp), their sums and maxima, plus K sums of a kernel's own,
   // extra(lanes<V>, i, s_i, t_i, es_i, et_i) -> std::array<V, K>, computed while everything is
-  // in registers. Chunk k's extra sums land in w.chunk[k * K + j] (relative to the chunk's own
-  // shifts: multiply by the chunk factors to merge). With KeepTeacher = false the teacher's
+  // in registers. Chunk k's extra sums land in w.chunk[k * K + j] (relative to the chunk's
+  // shifts: multiply by the chunk factors to merge). extra is called once per index, in order
+  // within a chunk, and again for every index of a chunk that is redone: an extra with side
+  // effects must restart the chunk when its first index comes again. With KeepTeacher = false the teacher's
   // exps are not stored: et is free for the kernel's extra to store a row of its own. A third
   // softmax (exps into ex, statistics into w.m) rides along with Third::student_at_one (the
   // student at temperature 1: temperature KD's hard term; same shifts as the student) or
@@ -238,14 +240,18 @@ struct PairRow {
           rs = simd::vmax(ms, rs);
           rt = simd::vmax(mt, rt);
           rm = simd::vmax(mm, rm);
-          w.q.record(k, ss, it, sums[0]);
-          w.p.record(k, st, it, sums[1]);
+          // (the largest terms exact: core/softmax.hpp)
+          const double cd = double(it) * simd::log2e<double>;
+          w.q.record(k, ss, it, sums[0] + CS::peak_fix(ms, ss, c, cd));
+          w.p.record(k, st, it, sums[1] + CS::peak_fix(mt, st, c, cd));
           for (std::size_t j = 0; j < K; ++j) w.chunk[k * K + j] = sums[j + 2];
-          if constexpr (three) w.m.record(k, sm, it3, sums[K + 2]);
+          if constexpr (three)
+            w.m.record(k, sm, it3, sums[K + 2] + CS::peak_fix(third == Third::sum ? mm : ms, sm, c3, double(it3) * simd::log2e<double>));
           return;
         }
-        // Rare: the chunk jumps far above the rows so far. Again with its own maxima (the
-        // pending row's entries here are out already).
+        // The chunk climbs more than a factor 16 above the rows so far: again against the new
+        // maxima (the pending row's entries here are out already). An extra is called again
+        // for every index of the chunk (see stats() above).
         put = false;
         ss = CS::shift_for(simd::vmax(ms, rs));
         st = CS::shift_for(simd::vmax(mt, rt));

@@ -272,52 +272,6 @@ struct SeqScratch : PairScratch<T> {
   using PairScratch<T>::PairScratch;
 };
 
-// {a, x[0], ..., x[K-1]} as one aggregate (keeps the accumulators in registers).
-template <class V, class X, std::size_t... J>
-inline std::array<V, sizeof...(J) + 1> prepend_one(const V& a, const X& x, std::index_sequence<J...>) {
-  return {a, x[J]...};
-}
-
-// Chunk k = [b, e) of a row v, in one loop over the chunk: e_i = 2^((v_i - shift) log2(e) / T)
-// (stored in `out` if given), their sum, the chunk's maximum and K sums of
-// extra(lanes<V>, i, v_i, e_i, shift) -> std::array<V, K> (into `sums`). The shift is the running
-// maximum `running` of the earlier chunks (-inf before the first), with its exceptions
-// (core/softmax.hpp). Records the chunk in `sm` and returns the shift used.
-template <class T, std::size_t K, class Extra>
-inline T exp_chunk(ChunkedSoftmax<T>& sm, std::size_t k, std::size_t b, std::size_t e, T inv_t, const T* v, T* out,
-                   T& running, Extra&& extra, std::array<double, K>& sums) {
-  using B = simd::batch<T>;
-  const T ninf = -std::numeric_limits<T>::infinity();
-  if (ChunkedSoftmax<T>::needs_own_max(running)) running = ChunkedSoftmax<T>::own_max(v, b, e);
-  const T c = inv_t * simd::log2e<T>;
-  T shift = ChunkedSoftmax<T>::shift_for(running);
-  for (;;) {
-    B mb(ninf);
-    T ms = ninf;
-    const T sh = shift;
-    const auto s = simd::sum_lanes<T, K + 1>(b, e, [&](auto tag, std::size_t i) {
-      using V = typename decltype(tag)::type;
-      const V x = simd::load<V>(v + i);
-      if constexpr (simd::is_batch<V>) {
-        simd::prefetch(v + i + chunk_elems<T>);  // the next chunk streams in meanwhile
-        mb = simd::vmax(x, mb);
-      } else {
-        ms = simd::vmax(x, ms);
-      }
-      const V ex = simd::exp2_ftz((x - V(sh)) * V(c));
-      if (out) simd::store(out + i, ex);
-      return prepend_one(ex, extra(tag, i, x, ex, sh), std::make_index_sequence<K>{});
-    });
-    const T m = simd::vmax(simd::hmax(mb), ms);
-    if (ChunkedSoftmax<T>::fits(m, shift, c)) {
-      running = simd::vmax(m, running);
-      sm.record(k, shift, inv_t, s[0]);
-      for (std::size_t j = 0; j < K; ++j) sums[j] = s[j + 1];
-      return shift;
-    }
-    shift = m;
-  }
-}
 
 // One read of the row (and of its reference row), one loop per chunk and input: the softmax
 // statistics, and the per-chunk sums the optional outputs need (the exps are kept in w.es, w.et
