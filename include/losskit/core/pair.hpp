@@ -155,15 +155,16 @@ struct PairRow {
   // against the rows' running maxima (core/softmax.hpp), their sums and maxima, plus K sums of a kernel's own,
   // extra(lanes<V>, i, s_i, t_i, es_i, et_i) -> std::array<V, K>, computed while everything is
   // in registers. Chunk k's extra sums land in w.chunk[k * K + j] (relative to the chunk's
-  // shifts: multiply by the chunk factors to merge). extra is called once per index, in order
-  // within a chunk, and again for every index of a chunk that is redone: an extra with side
-  // effects must restart the chunk when its first index comes again. With KeepTeacher = false the teacher's
+  // shifts: multiply by the chunk factors to merge). extra is called once per index, and again
+  // for every index of a chunk that is redone: an extra with side effects undoes them in
+  // restart(first), which is called before each try at a chunk (first = false before a redo). With KeepTeacher = false the teacher's
   // exps are not stored: et is free for the kernel's extra to store a row of its own. A third
   // softmax (exps into ex, statistics into w.m) rides along with Third::student_at_one (the
   // student at temperature 1: temperature KD's hard term; same shifts as the student) or
   // Third::sum (softmax((s + t) / 2T), Cauchy-Schwarz: a running maximum of its own).
-  template <std::size_t K, bool KeepTeacher = true, Third third = Third::none, class Extra>
-  void stats(Extra&& extra) {
+  template <std::size_t K, bool KeepTeacher = true, Third third = Third::none, class Extra,
+            class Restart = void (*)(bool)>
+  void stats(Extra&& extra, Restart&& restart = [](bool) {}) {
     constexpr bool three = third != Third::none;
     w.q.reset(n);
     w.p.reset(n);
@@ -204,6 +205,7 @@ struct PairRow {
       if (third == Third::sum && CS::needs_own_max(rm)) rm = simd::max_lanes<T>(b, e, sum_row);
       T ss = CS::shift_for(rs), st = CS::shift_for(rt), sm = third == Third::sum ? CS::shift_for(rm) : ss;
       bool put = pout;
+      restart(true);
       for (;;) {
         simd::batch<T> bs(ninf), bt(ninf), bm(ninf);
         T xs = ninf, xt = ninf, xm = ninf;
@@ -253,6 +255,7 @@ struct PairRow {
         // maxima (the pending row's entries here are out already). An extra is called again
         // for every index of the chunk (see stats() above).
         put = false;
+        restart(false);
         ss = CS::shift_for(simd::vmax(ms, rs));
         st = CS::shift_for(simd::vmax(mt, rt));
         sm = third == Third::sum ? CS::shift_for(simd::vmax(mm, rm)) : ss;

@@ -98,20 +98,19 @@ struct TopkKlDiv {
       TopkBand<T> band;
       band.bracket = sample_bracket(r.t, n, k, work);
       const TopkBracket<T> b = band.bracket;
-      std::size_t m = 0, chunk_at = std::size_t(-1), m_at = 0;
-      r.template stats<1>([&](auto, std::size_t i, const auto& sv, const auto& tv, const auto&, const auto&) {
-        using V = std::decay_t<decltype(tv)>;
-        if (i % chunk_elems<T> == 0) {  // a chunk's first index: again when stats() redoes it
-          if (i == chunk_at) {
-            m = m_at;  // drop what the first try of this chunk appended
-          } else {
-            chunk_at = i;
-            m_at = m;
-          }
-        }
-        m += simd::append_in_range(work + m, tv, b.lo, b.hi, sb + m, &sv);
-        return std::array<V, 1>{simd::where(tv >= V(b.hi), V(T(1)))};
-      });
+      std::size_t m = 0, m_at = 0;
+      r.template stats<1>(
+          [&](auto, std::size_t, const auto& sv, const auto& tv, const auto&, const auto&) {
+            using V = std::decay_t<decltype(tv)>;
+            m += simd::append_in_range(work + m, tv, b.lo, b.hi, sb + m, &sv);
+            return std::array<V, 1>{simd::where(tv >= V(b.hi), V(T(1)))};
+          },
+          [&](bool first) {  // a redone chunk appends its entries again: drop the first try's
+            if (first)
+              m_at = m;
+            else
+              m = m_at;
+          });
       double above = 0.0;
       for (const double c : r.w.chunk) above += c;
       band.above = std::size_t(above);
