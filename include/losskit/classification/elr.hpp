@@ -70,7 +70,7 @@ namespace detail {
 
 template <class T>
 struct ElrScratch {
-  T* e;  // exps of the row, relative to each chunk's max
+  T* e;  // exps of the row, relative to each chunk's shift (core/softmax.hpp)
   ChunkedSoftmax<T> sm;
   explicit ElrScratch(std::size_t n) : e(scratch<T>(n)) {}
 };
@@ -92,9 +92,7 @@ struct ElrRow {
     T* t = table + std::size_t(ids[std::size_t(r)]) * n;
     ChunkedSoftmax<T>& sm = w.sm;
     T* ex = w.e;
-    sm.reset(n);
-    auto logit = [z](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(z + i); };
-    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) { sm.chunk(k, b, e, T(1), logit, ex, z); });
+    exps_of_row(sm, z, n, T(1), ex);
     const double lse = sm.finish(false);
     const T lo = T(eps), hi = T(1.0 - eps);
 

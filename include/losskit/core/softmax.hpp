@@ -12,9 +12,10 @@
 // So the logits are read once from memory, exp runs once per element, and later passes read
 // only the scratch row (L2) and multiply by one factor per chunk.
 //
-// The streaming kernels (PairRow::stats, sequence_logprobs) take as a chunk's shift the running
-// maximum of the chunks before it, so a chunk is one loop (its own maximum taken in the same
-// loop, for the next chunk), not a max pass and a loop; chunk() below keeps the max pass.
+// Every kernel (PairRow::stats, exp_chunk and exps_of_row below; cross_entropy's own loop takes
+// the next chunk's maximum instead) takes as a chunk's shift the running maximum of the chunks
+// before it, so a chunk is one loop (its own maximum taken in the same loop, for the next
+// chunk), not a max pass and a loop:
 //   - while there is no running maximum (the first chunk, or only -inf so far) a chunk takes
 //     its own maximum first: a shift of 0 could flush a whole chunk of very negative logits;
 //   - a chunk whose maximum m lies more than a factor 16 above the shift (fits() false:
@@ -70,27 +71,6 @@ class ChunkedSoftmax {
     shift_.assign(k, 0.0);
     sum_.assign(k, 0.0);
     factor_.assign(k, T(0));
-  }
-
-  // Chunk k over [b, e) against its own maximum (a max pass, then the exps: for kernels whose
-  // chunk value is computed from several rows): out[i] = exp((v(i) - shift) * inv_t). `value(lanes<V>, i)` returns
-  // the logits as V (a load, or a sum of loads). `ahead`, if given, is prefetched at the same
-  // offsets one chunk later, so memory streams in while this chunk computes (prefetches
-  // never fault, so running past the row is harmless).
-  template <class Value>
-  void chunk(std::size_t k, std::size_t b, std::size_t e, T inv_t, Value&& value, T* out,
-             const T* ahead = nullptr) {
-    using simd::lanes;
-    const T shift = shift_for(simd::max_lanes<T>(b, e, value));
-    const T c = inv_t * simd::log2e<T>;  // exp((v - shift) / T) = 2^((v - shift) c), see pair.hpp
-    const auto s = simd::sum_lanes<T, 1>(b, e, [&](auto tag, std::size_t i) {
-      using V = typename decltype(tag)::type;
-      if (simd::is_batch<V> && ahead) simd::prefetch(ahead + i + chunk_elems<T>);
-      const V ex = simd::exp2_ftz((value(tag, i) - V(shift)) * V(c));
-      simd::store(out + i, ex);
-      return std::array<V, 1>{ex};
-    });
-    record(k, shift, inv_t, s[0]);
   }
 
   // Records chunk k computed elsewhere: exps taken relative to `shift` (the value returned by
@@ -214,6 +194,22 @@ inline T exp_chunk(ChunkedSoftmax<T>& sm, std::size_t k, std::size_t b, std::siz
     }
     shift = m;
   }
+}
+
+// The whole row through exp_chunk with no sums of a kernel's own: ex_i = exp((z_i - m_k) / T)
+// and the statistics in sm (reset here; finish() is the caller's). ex must not alias z (a
+// redone chunk reads z again).
+template <class T>
+inline void exps_of_row(ChunkedSoftmax<T>& sm, const T* z, std::size_t n, T inv_t, T* ex) {
+  sm.reset(n);
+  T running = -std::numeric_limits<T>::infinity();
+  for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) LOSSKIT_LAMBDA_INLINE {
+    std::array<double, 0> none;
+    exp_chunk<T>(
+        sm, k, b, e, inv_t, z, ex, running,
+        [](auto tag, std::size_t, const auto&, const auto&, T) { return std::array<typename decltype(tag)::type, 0>{}; },
+        none);
+  });
 }
 
 }  // namespace losskit::detail
