@@ -102,7 +102,7 @@ struct SoftCrossEntropyRow {
     w.mass.resize(chunks);
     w.dot.resize(chunks);
     w.shift.resize(chunks);
-    T running = -std::numeric_limits<T>::infinity();
+    RunningShift<T> running;
     for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) LOSSKIT_LAMBDA_INLINE {
       std::array<double, 2> s;
       const T m = exp_chunk<T>(

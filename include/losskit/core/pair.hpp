@@ -183,9 +183,7 @@ struct PairRow {
     const bool pout = bool(pr);
     // Running maxima of the rows over the chunks so far: each chunk's exps are taken against
     // them (core/softmax.hpp).
-    using CS = ChunkedSoftmax<T>;
-    const T ninf = -std::numeric_limits<T>::infinity();
-    T rs = ninf, rt = ninf, rm = ninf;
+    RunningShift<T> S, U, M;  // student, teacher, the third (Third::sum)
     // exp((v - shift) / T) = 2^((v - shift) c), c = log2(e) / T. The difference is taken
     // first (exact near the maximum): folding -shift c into an fma would round it once per
     // chunk, an error of ~1e-6 for logits near 30 that no recorded shift accounts for.
@@ -200,15 +198,14 @@ struct PairRow {
     };
     for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) LOSSKIT_LAMBDA_INLINE {
       const T pa = pout ? d.alpha[k] : T(0), pb = pout ? d.beta[k] : T(0);
-      if (CS::needs_own_max(rs)) rs = CS::own_max(sp, b, e);
-      if (CS::needs_own_max(rt)) rt = CS::own_max(tp, b, e);
-      if (third == Third::sum && CS::needs_own_max(rm)) rm = simd::max_lanes<T>(b, e, sum_row);
-      T ss = CS::shift_for(rs), st = CS::shift_for(rt), sm = third == Third::sum ? CS::shift_for(rm) : ss;
+      S.start(sp, b, e);
+      U.start(tp, b, e);
+      if constexpr (third == Third::sum) M.start(b, e, sum_row);
+      RunningShift<T>& R3 = third == Third::sum ? M : S;  // the third softmax's shift
       bool put = pout;
       restart(true);
       for (;;) {
-        simd::batch<T> bs(ninf), bt(ninf), bm(ninf);
-        T xs = ninf, xt = ninf, xm = ninf;
+        const T ss = S.shift, st = U.shift, sm = R3.shift;
         const auto sums = simd::sum_lanes<T, K + 2 + (three ? 1 : 0)>(b, e, [&](auto tag, std::size_t i) {
           using V = typename decltype(tag)::type;
           const V sv = simd::load<V>(sp + i), tv = simd::load<V>(tp + i);
@@ -216,14 +213,10 @@ struct PairRow {
           if constexpr (simd::is_batch<V>) {  // the next chunk streams in while this one computes
             simd::prefetch(sp + i + chunk_elems<T>);
             simd::prefetch(tp + i + chunk_elems<T>);
-            bs = simd::vmax(sv, bs);
-            bt = simd::vmax(tv, bt);
-            if constexpr (third == Third::sum) bm = simd::vmax(mv, bm);
-          } else {
-            xs = simd::vmax(sv, xs);
-            xt = simd::vmax(tv, xt);
-            if constexpr (third == Third::sum) xm = simd::vmax(mv, xm);
           }
+          S.see(sv);
+          U.see(tv);
+          if constexpr (third == Third::sum) M.see(mv);
           if (put) pr.put(i, d.template value<V>(pa, pb, i));  // read before this row's stores at i
           const V ev = simd::exp2_ftz((sv - V(ss)) * V(c)), fv = simd::exp2_ftz((tv - V(st)) * V(c));
           simd::store(es + i, ev);
@@ -236,19 +229,14 @@ struct PairRow {
             return prepend(ev, fv, extra(tag, i, sv, tv, ev, fv), std::make_index_sequence<K>{});
           }
         });
-        const T ms = simd::vmax(simd::hmax(bs), xs), mt = simd::vmax(simd::hmax(bt), xt);
-        const T mm = simd::vmax(simd::hmax(bm), xm);
-        if (CS::fits(ms, ss, cs) && CS::fits(mt, st, c) && (third != Third::sum || CS::fits(mm, sm, c3))) {
-          rs = simd::vmax(ms, rs);
-          rt = simd::vmax(mt, rt);
-          rm = simd::vmax(mm, rm);
-          // (the largest terms exact: core/softmax.hpp)
-          const double cd = double(it) * simd::log2e<double>;
-          w.q.record(k, ss, it, sums[0] + CS::peak_fix(ms, ss, c, cd));
-          w.p.record(k, st, it, sums[1] + CS::peak_fix(mt, st, c, cd));
+        if (S.fits(cs) && U.fits(c) && (third != Third::sum || M.fits(c3))) {
+          w.q.record(k, ss, it, S.fixed(sums[0], c, it));  // (the largest terms exact)
+          w.p.record(k, st, it, U.fixed(sums[1], c, it));
           for (std::size_t j = 0; j < K; ++j) w.chunk[k * K + j] = sums[j + 2];
-          if constexpr (three)
-            w.m.record(k, sm, it3, sums[K + 2] + CS::peak_fix(third == Third::sum ? mm : ms, sm, c3, double(it3) * simd::log2e<double>));
+          if constexpr (three) w.m.record(k, sm, it3, R3.fixed(sums[K + 2], c3, it3));
+          S.accept();
+          U.accept();
+          if constexpr (third == Third::sum) M.accept();
           return;
         }
         // The chunk climbs more than a factor 16 above the rows so far: again against the new
@@ -256,9 +244,9 @@ struct PairRow {
         // for every index of the chunk (see stats() above).
         put = false;
         restart(false);
-        ss = CS::shift_for(simd::vmax(ms, rs));
-        st = CS::shift_for(simd::vmax(mt, rt));
-        sm = third == Third::sum ? CS::shift_for(simd::vmax(mm, rm)) : ss;
+        S.retry();
+        U.retry();
+        if constexpr (third == Third::sum) M.retry();
       }
     });
     if (pout) w.end_pending();

@@ -82,11 +82,8 @@ class ChunkedSoftmax {
 
   // The shift used for a chunk whose running maximum is m: m itself, or 0 for only -inf.
   static T shift_for(T m) { return m == -std::numeric_limits<T>::infinity() ? T(0) : m; }
-  // True while a row has no running maximum: the next chunk takes its own first (own_max()).
+  // True while a row has no running maximum: the next chunk takes its own first.
   static bool needs_own_max(T running) { return running == -std::numeric_limits<T>::infinity(); }
-  static T own_max(const T* v, std::size_t b, std::size_t e) {
-    return simd::max_lanes<T>(b, e, [v](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(v + i); });
-  }
   // False when a chunk of maximum m taken against `shift` at scale c (log2(e) / T) must be
   // redone against m (see the top of this file).
   static bool fits(T m, T shift, T c) { return !(m > shift) || (m - shift) * c <= T(4); }
@@ -153,46 +150,80 @@ inline std::array<V, sizeof...(J) + 1> prepend_one(const V& a, const X& x, std::
   return {a, x[J]...};
 }
 
+// One input's shift through a row, by the rules at the top of this file: start() before a
+// chunk, see() every value the chunk's loop reads, then fits(c): if true, fixed() gives the
+// chunk's sum with its largest term exact and accept() folds its maximum into the row's; if
+// false, retry() (the chunk is redone against the new maximum).
+template <class T>
+struct RunningShift {
+  using CS = ChunkedSoftmax<T>;
+  T running = -std::numeric_limits<T>::infinity();  // the row's maximum so far
+  T shift = T(0);                                     // the current chunk's
+  simd::batch<T> mb;
+  T ms = T(0);
+
+  template <class Value>
+  void start(std::size_t b, std::size_t e, Value&& value) {
+    if (CS::needs_own_max(running)) running = simd::max_lanes<T>(b, e, value);
+    shift = CS::shift_for(running);
+    clear();
+  }
+  void start(const T* v, std::size_t b, std::size_t e) { start(b, e, [v](auto tag, std::size_t i) { return simd::load<typename decltype(tag)::type>(v + i); }); }
+  template <class V>
+  void see(const V& v) {
+    if constexpr (simd::is_batch<V>)
+      mb = simd::vmax(v, mb);
+    else
+      ms = simd::vmax(v, ms);
+  }
+  T chunk_max() const { return simd::vmax(simd::hmax(mb), ms); }
+  bool fits(T c) const { return CS::fits(chunk_max(), shift, c); }
+  // The chunk's sum of exps at scale c = log2(e) inv_t, with its largest term exact.
+  double fixed(double sum, T c, T inv_t) const {
+    return sum + CS::peak_fix(chunk_max(), shift, c, double(inv_t) * simd::log2e<double>);
+  }
+  void accept() { running = simd::vmax(chunk_max(), running); }
+  void retry() {
+    shift = CS::shift_for(simd::vmax(chunk_max(), running));
+    clear();
+  }
+
+ private:
+  void clear() {
+    mb = simd::batch<T>(-std::numeric_limits<T>::infinity());
+    ms = -std::numeric_limits<T>::infinity();
+  }
+};
+
 // Chunk k = [b, e) of a row v against the running maximum, in one loop over the chunk (for a
 // kernel with one softmax; PairRow::stats does the same for two or three): e_i =
-// 2^((v_i - shift) log2(e) / T) (stored in `out` if given), their sum, the chunk's maximum and K
-// sums of extra(lanes<V>, i, v_i, e_i, shift) -> std::array<V, K> (into `sums`). The shift is
-// the running maximum `running` of the earlier chunks (-inf before the first), with the
-// exceptions above. The next chunk of v is prefetched. Records the chunk in `sm` and returns the
-// shift used.
+// 2^((v_i - shift) log2(e) / T) (stored in `out` if given), their sum and K sums of
+// extra(lanes<V>, i, v_i, e_i, shift) -> std::array<V, K> (into `sums`). `rs` carries the row's
+// running maximum between chunks (a default RunningShift before the first). The next chunk of v
+// is prefetched. Records the chunk in `sm` and returns the shift used.
 template <class T, std::size_t K, class Extra>
 inline T exp_chunk(ChunkedSoftmax<T>& sm, std::size_t k, std::size_t b, std::size_t e, T inv_t, const T* v, T* out,
-                   T& running, Extra&& extra, std::array<double, K>& sums) {
-  using B = simd::batch<T>;
-  const T ninf = -std::numeric_limits<T>::infinity();
-  if (ChunkedSoftmax<T>::needs_own_max(running)) running = ChunkedSoftmax<T>::own_max(v, b, e);
+                   RunningShift<T>& rs, Extra&& extra, std::array<double, K>& sums) {
   const T c = inv_t * simd::log2e<T>;
-  T shift = ChunkedSoftmax<T>::shift_for(running);
+  rs.start(v, b, e);
   for (;;) {
-    B mb(ninf);
-    T ms = ninf;
-    const T sh = shift;
+    const T sh = rs.shift;
     const auto s = simd::sum_lanes<T, K + 1>(b, e, [&](auto tag, std::size_t i) {
       using V = typename decltype(tag)::type;
       const V x = simd::load<V>(v + i);
-      if constexpr (simd::is_batch<V>) {
-        simd::prefetch(v + i + chunk_elems<T>);  // the next chunk streams in meanwhile
-        mb = simd::vmax(x, mb);
-      } else {
-        ms = simd::vmax(x, ms);
-      }
+      if constexpr (simd::is_batch<V>) simd::prefetch(v + i + chunk_elems<T>);  // the next chunk streams in meanwhile
+      rs.see(x);
       const V ex = simd::exp2_ftz((x - V(sh)) * V(c));
       if (out) simd::store(out + i, ex);
       return prepend_one(ex, extra(tag, i, x, ex, sh), std::make_index_sequence<K>{});
     });
-    const T m = simd::vmax(simd::hmax(mb), ms);
-    if (ChunkedSoftmax<T>::fits(m, shift, c)) {
-      running = simd::vmax(m, running);
-      sm.record(k, shift, inv_t, s[0] + ChunkedSoftmax<T>::peak_fix(m, shift, c, double(inv_t) * simd::log2e<double>));
+    if (rs.fits(c)) {
+      sm.record(k, sh, inv_t, rs.fixed(s[0], c, inv_t));
+      rs.accept();
       for (std::size_t j = 0; j < K; ++j) sums[j] = s[j + 1];
-      return shift;
+      return sh;
     }
-    shift = m;
+    rs.retry();
   }
 }
 
@@ -202,7 +233,7 @@ inline T exp_chunk(ChunkedSoftmax<T>& sm, std::size_t k, std::size_t b, std::siz
 template <class T>
 inline void exps_of_row(ChunkedSoftmax<T>& sm, const T* z, std::size_t n, T inv_t, T* ex) {
   sm.reset(n);
-  T running = -std::numeric_limits<T>::infinity();
+  RunningShift<T> running;
   for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) LOSSKIT_LAMBDA_INLINE {
     std::array<double, 0> none;
     exp_chunk<T>(

@@ -289,7 +289,7 @@ inline TokenStats token_stats_impl(SeqScratch<T>& w, const T* z, const T* a, std
     w.kl.assign(chunks, 0.0);
   }
   if (Entropy) w.ent.assign(chunks, 0.0);
-  T run_z = -std::numeric_limits<T>::infinity(), run_a = run_z;  // running maxima (core/softmax.hpp)
+  RunningShift<T> run_z, run_a;  // running maxima (core/softmax.hpp)
   for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
     std::array<double, Entropy ? 1 : 0> hz;
     exp_chunk<T>(
