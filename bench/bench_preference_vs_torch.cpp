@@ -193,7 +193,7 @@ void BM_unscaled(benchmark::State& st) {
         float* g = in.grad.row(r).data();
         const float zy = g[in.targets[std::size_t(r)]];
         sm.reset(n);
-        float running = 0;
+        d::RunningShift<float> running;  // the row's running maximum (core/softmax.hpp)
         d::for_chunks<float>(n, [&](std::size_t k, std::size_t cb, std::size_t ce) {
           d::exp_chunk<float>(sm, k, cb, ce, 1.0f, g, g, running,
                               [](auto tag, std::size_t, const auto&, const auto&, float) {
