@@ -9,10 +9,10 @@
 //
 //   bench_paired_main [rows] [cols] [threads] [repetitions] [kernel...]
 //   defaults: 1024 32000 1 15, every kernel. Kernels: kl_div reverse_kl_div jsd skew_kl_div
-//   skew_reverse_kl_div tvd cauchy_schwarz_div kd_loss topk_kl_div cross_entropy.
+//   skew_reverse_kl_div tvd cauchy_schwarz_div kd_loss topk_kl_div cross_entropy soft_cross_entropy.
 // Divergences at temperature 2 (beta 0.5, skew 0.1), kd_loss at T 2 with alpha 0.5,
 // topk_kl_div with k = 1000, cross_entropy with smoothing 0.1 and z-loss 1e-4 (its floor: one
-// read + one write; the others: two reads + one write).
+// read + one write; the others: two reads + one write), soft_cross_entropy with smoothing 0.1.
 
 #include <algorithm>
 #include <chrono>
@@ -82,6 +82,9 @@ int main(int argc, char** argv) {
   ce.label_smoothing = 0.1;
   ce.z_loss = 1e-4;
   ce.threads = threads;
+  losskit::SoftCrossEntropyOptions sce;  // the teacher matrix as the targets (the time does not depend on them)
+  sce.label_smoothing = 0.1;
+  sce.threads = threads;
 
   const std::vector<Kernel> kernels{
       {"kl_div", false, [&] { return losskit::kl_div(s, t, g, dv).value; }},
@@ -94,6 +97,7 @@ int main(int argc, char** argv) {
       {"kd_loss", false, [&] { return losskit::kd_loss(s, t, labels, g, kd).value; }},
       {"topk_kl_div", false, [&] { return losskit::topk_kl_div(s, t, g, tk).value; }},
       {"cross_entropy", true, [&] { return losskit::cross_entropy(s, labels, g, ce).value; }},
+      {"soft_cross_entropy", false, [&] { return losskit::soft_cross_entropy(s, t, g, sce).value; }},
   };
 
   std::printf("rows %ld, cols %ld, threads %d, %d paired repetitions (floor, then kernel)\n", long(rows), long(cols),

@@ -4,6 +4,7 @@
 // self-distillation targets.
 #include "test_support.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <sstream>
 #include <stdexcept>
@@ -170,6 +171,61 @@ TEST_CASE("ProgressiveTargets::loss: threads give the same bits; a repeated inde
     CAPTURE(s, last);
     CHECK((two.predictions().row(s).cast<double>() - p1.row(last)).cwiseAbs().maxCoeff() <= 1e-6);
   }
+}
+
+// Distinct indices take the one-pass step (targets read from the table, predictions stored in
+// the gradient pass); it must agree bit for bit with soft_cross_entropy over the built targets,
+// store softmax(logits) for every row, ignored and zero-weight rows included (before their
+// zero gradient overwrites logits in place), and give the same bits on two threads. 72 x 32000
+// floats is past the non-temporal-store threshold for the gradient and the table rows.
+TEST_CASE("ProgressiveTargets::loss, distinct indices: one pass, same bits as the built targets", "[ps_kd][threads]") {
+  const int rows = 72, classes = 32000, samples = 100;
+  std::vector<std::int64_t> idx(rows), y(rows), lab(rows, 1);
+  for (int b = 0; b < rows; ++b) {
+    idx[std::size_t(b)] = (b * 37 + 5) % samples;   // distinct
+    y[std::size_t(b)] = (b * 7919 + b / 3) % classes;  // labels in every lane position
+  }
+  lab[3] = -100;                        // ignored through options.labels
+  std::vector<double> weight(rows, 1.0);
+  weight[10] = 0.0;                     // skipped through a zero weight
+  weight[11] = 2.5;
+  const auto z0 = lktest::random_logits<float>(rows, classes, 5), z1 = lktest::random_logits<float>(rows, classes, 6);
+  losskit::SoftCrossEntropyOptions o;
+  o.labels = lab;
+  o.weights = weight;
+  o.label_smoothing = 0.05;
+  ProgressiveTargets<float> pt(samples, classes);
+  std::vector<std::int64_t> first(idx.begin(), idx.begin() + rows / 2);  // half the samples seen before
+  pt.update(first, RowMatrix<float>(z0.topRows(rows / 2)));
+  const RowMatrix<float> targets = pt.targets(idx, y, 7);
+  RowMatrix<float> want_g(rows, classes);
+  const double want = losskit::soft_cross_entropy(z1, targets, want_g, o).value;
+  const RowMatrix<double> p1 = softmax_rows(z1.cast<double>());
+  for (int threads : {1, 2}) {
+    CAPTURE(threads);
+    o.threads = threads;
+    for (bool in_place : {false, true}) {
+      CAPTURE(in_place);
+      ProgressiveTargets<float> q = pt;
+      RowMatrix<float> x = z1, g(rows, classes);
+      const double v = in_place ? q.loss(x, idx, y, 7, x, o).value : q.loss(x, idx, y, 7, g, o).value;
+      CHECK(v == want);
+      CHECK((in_place ? x : g) == want_g);
+      double worst = 0.0;
+      for (int b = 0; b < rows; ++b) {
+        CHECK(q.has_prediction(idx[std::size_t(b)]));
+        worst = std::max(worst, (q.predictions().row(idx[std::size_t(b)]).cast<double>() - p1.row(b)).cwiseAbs().maxCoeff());
+      }
+      CHECK(worst <= 1e-6);
+    }
+  }
+  // forward only: the same value and the same table as with a gradient
+  ProgressiveTargets<float> a = pt, b = pt;
+  RowMatrix<float> g(rows, classes);
+  o.threads = 1;
+  CHECK(a.loss(z1, idx, y, 7, o).value == want);
+  b.loss(z1, idx, y, 7, g, o);
+  CHECK(a.predictions() == b.predictions());
 }
 
 TEST_CASE("ProgressiveTargets::loss: gradient matches central differences", "[ps_kd][fd]") {

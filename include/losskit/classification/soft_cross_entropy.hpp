@@ -39,6 +39,7 @@
 #include "losskit/core/checks.hpp"
 #include "losskit/core/fast_exp2.hpp"
 #include "losskit/core/pair.hpp"
+#include "losskit/core/pending.hpp"
 #include "losskit/core/rows.hpp"
 #include "losskit/core/scratch.hpp"
 #include "losskit/core/simd.hpp"
@@ -73,9 +74,32 @@ struct SoftCrossEntropyScratch {
   explicit SoftCrossEntropyScratch(std::size_t n) : ex(scratch<T>(n)) {}
 };
 
-template <class T, bool Weighted>
+// The targets of soft_cross_entropy, a row at a time: Row::at<V>(i) is t_i. A source may also
+// take the row's softmax at T = 1 in the gradient pass (keeps_softmax; Row::keep(i, softmax_i),
+// called after at(i) has been read for every index of the batch): PS-KD stores it as the
+// sample's next prediction (distill/ps_kd.hpp). Dense targets: a [rows, V] matrix.
+template <class T>
+struct DenseTargets {
+  static constexpr bool keeps_softmax = false;
+  RowsView<const T> t;
+  struct Row {
+    const T* tr;
+    template <class V>
+    V at(std::size_t i) const {
+      return simd::load<V>(tr + i);
+    }
+    void prefetch(std::size_t i) const { simd::prefetch(tr + i); }
+    template <class V>
+    void keep(std::size_t, const V&) const {}
+    bool streams() const { return false; }
+  };
+  Row row(std::ptrdiff_t r) const { return {t.row(r)}; }
+};
+
+template <class T, bool Weighted, class Targets>
 struct SoftCrossEntropyRow {
-  RowsView<const T> x, t;
+  RowsView<const T> x;
+  Targets t;
   std::size_t n;
   T inv_t, keep, add;  // t' = keep * t + add
   const T* cw;         // class weights as T (Weighted)
@@ -83,13 +107,13 @@ struct SoftCrossEntropyRow {
 
   double operator()(SoftCrossEntropyScratch<T>& w, std::ptrdiff_t r, T* grad, double scale) const {
     const T* z = x.row(r);
-    const T* tr = t.row(r);
+    const auto src = t.row(r);
     T* ex = w.ex;
     const T kp = keep, ad = add, it = inv_t;
     const T* cwp = cw;
     auto u_at = [=](auto tag, std::size_t i) {  // u_i = w_i t'_i
       using V = typename decltype(tag)::type;
-      const V tp = simd::fma(simd::load<V>(tr + i), V(kp), V(ad));
+      const V tp = simd::fma(src.template at<V>(i), V(kp), V(ad));
       if constexpr (Weighted) {
         return V(simd::load<V>(cwp + i) * tp);
       } else {
@@ -109,7 +133,7 @@ struct SoftCrossEntropyRow {
           sm, k, b, e, it, z, ex, running,
           [&](auto tag, std::size_t i, const auto& zv, const auto&, T shift) {
             using V = typename decltype(tag)::type;
-            if constexpr (simd::is_batch<V>) simd::prefetch(tr + i + chunk_elems<T>);  // the targets stream in too
+            if constexpr (simd::is_batch<V>) src.prefetch(i + chunk_elems<T>);  // the targets stream in too
             const V u = u_at(tag, i);
             return std::array<V, 2>{u, simd::where(u != V(T(0)), u * (zv - V(shift)))};
           },
@@ -125,18 +149,27 @@ struct SoftCrossEntropyRow {
       if (w.mass[k] != 0.0) loss += w.mass[k] * (lse - w.shift[k]);
       loss -= double(it) * w.dot[k];
     }
-    if (grad) {
-      const double a = scale * double(it);
-      const T beta = T(a);
+    // The gradient (U q_j - u_j) / T and, for a source that keeps it, softmax(z) (T = 1 here).
+    const double a = scale * double(it);
+    const T beta = T(a);
+    const bool nt = streamable(grad, stream);
+    auto pass = [&](auto with_grad) {
       for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
-        const T alpha = T(a * U * sm.factor_d(k));
-        store_row<T>(grad, b, e, stream, [&](auto tag, std::size_t i) {
+        const T alpha = T(a * U * sm.factor_d(k)), f = T(sm.factor_d(k));
+        simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) {
           using V = typename decltype(tag)::type;
-          return V(alpha) * simd::load<V>(ex + i) - V(beta) * u_at(tag, i);
+          const V exv = simd::load<V>(ex + i);
+          // (one explicit fma: the compiler may not contract it differently per source)
+          if constexpr (decltype(with_grad)::value) put_lanes(grad, i, simd::fma(V(alpha), exv, V(-beta) * u_at(tag, i)), nt);
+          if constexpr (Targets::keeps_softmax) src.keep(i, exv * V(f));
         });
       });
-      if (stream) simd::stream_fence();
-    }
+      if (stream || src.streams()) simd::stream_fence();
+    };
+    if (grad)
+      pass(std::true_type{});
+    else if constexpr (Targets::keeps_softmax)
+      pass(std::false_type{});
     return loss;
   }
 };
@@ -155,8 +188,9 @@ inline void check_soft_cross_entropy_options(const char* fn, const SoftCrossEntr
   check_row_options(fn, o, rows);
 }
 
-template <class T>
-inline LossResult run_soft_cross_entropy(const RowsView<const T>& x, const RowsView<const T>& t, const RowsView<T>& g,
+// `targets`: a source as DenseTargets (a Row per row of the logits).
+template <class T, class Targets>
+inline LossResult run_soft_cross_entropy(const RowsView<const T>& x, const Targets& targets, const RowsView<T>& g,
                                          const SoftCrossEntropyOptions& o) {
   const RowPlan plan = plan_rows(o, x.rows, x.cols);
   const std::size_t n = std::size_t(x.cols);
@@ -166,7 +200,7 @@ inline LossResult run_soft_cross_entropy(const RowsView<const T>& x, const RowsV
   const T inv_t = T(1.0 / o.temperature), keep = T(1.0 - eps), add = T(eps / double(n));
   const bool stream = streaming_output<T>(x.rows, x.cols);
   auto go = [&](auto weighted) {
-    const SoftCrossEntropyRow<T, decltype(weighted)::value> row{x, t, n, inv_t, keep, add, cw.data(), stream};
+    const SoftCrossEntropyRow<T, decltype(weighted)::value, Targets> row{x, targets, n, inv_t, keep, add, cw.data(), stream};
     return run_rows<T>(
         plan, x.rows, g, [n] { return SoftCrossEntropyScratch<T>(n); },
         [&row](SoftCrossEntropyScratch<T>& w, std::ptrdiff_t r, T* grad, double scale) { return row(w, r, grad, scale); });
@@ -179,7 +213,7 @@ inline LossResult soft_cross_entropy_impl(const X& logits, const Tg& targets, G*
   const char* fn = "soft_cross_entropy";
   const auto v = checked_pair_views(fn, "logits", logits, "targets", targets, grad);
   check_soft_cross_entropy_options(fn, o, v.a.rows, v.a.cols);
-  return run_soft_cross_entropy(v.a, v.b, v.g, o);
+  return run_soft_cross_entropy(v.a, DenseTargets<scalar_of_t<X>>{v.b}, v.g, o);
 }
 
 }  // namespace detail

@@ -44,6 +44,9 @@
 #include "losskit/core/checks.hpp"
 #include "losskit/core/labels.hpp"
 #include "losskit/core/parallel.hpp"
+#include "losskit/core/pending.hpp"
+#include "losskit/core/rows.hpp"
+#include "losskit/core/simd.hpp"
 #include "losskit/core/row_softmax.hpp"
 #include "losskit/core/scratch.hpp"
 #include "losskit/core/softmax.hpp"
@@ -62,6 +65,62 @@ inline auto checked_rows(const char* fn, const char* arg, const X& x, std::ptrdi
   if (!has_unit_inner_stride(x)) fail(fn, "'", arg, "' must have contiguous rows (inner stride 1)");
   return v;
 }
+
+// PS-KD's targets as a soft_cross_entropy source (classification/soft_cross_entropy.hpp), read
+// straight from the table: as ProgressiveTargets::targets() builds them,
+// t_i = alpha_t prev_i, t_y += 1 - alpha_t (one-hot before the sample's first prediction), with
+// the same roundings, so the loss is bit for bit soft_cross_entropy over the built targets. The
+// gradient pass then stores the row's softmax over prev (read before, index by index): one pass
+// over the logits and one over the table row, where building the targets, storing the
+// predictions and the loss took three. Needs distinct indices (a row's table entry is read and
+// written by that row only) and T = 1 (the prediction is the softmax at T = 1).
+template <class T>
+struct ProgressiveSource {
+  static constexpr bool keeps_softmax = true;
+  T* table;
+  std::ptrdiff_t stride;
+  Labels index, label;
+  const std::uint8_t* seen;
+  T mix, hot;  // alpha_t, 1 - alpha_t
+  bool stream;
+  struct Row {
+    const T* prev;  // nullptr: no prediction yet (one-hot target)
+    T* out;
+    std::size_t y;
+    T mix, hot;
+    bool nt, stream;
+    template <class V>
+    V at(std::size_t i) const {
+      V t = prev ? V(mix) * simd::load<V>(prev + i) : V(T(0));
+      if constexpr (simd::is_batch<V>) {
+        if (y - i < simd::width<T>) {  // the label's lane
+          alignas(64) T lane[simd::width<T>];
+          simd::store(lane, t);
+          lane[y - i] += hot;
+          t = simd::load<V>(lane);
+        }
+      } else if (i == y) {
+        t += hot;
+      }
+      return t;
+    }
+    void prefetch(std::size_t i) const {
+      if (prev) simd::prefetch(prev + i);
+    }
+    template <class V>
+    void keep(std::size_t i, const V& softmax) const {
+      put_lanes(out, i, softmax, nt);
+    }
+    bool streams() const { return stream; }
+  };
+  Row row(std::ptrdiff_t r) const {
+    const std::int64_t idx = index[std::size_t(r)];
+    T* o = table + idx * stride;
+    const bool has = seen[idx] != 0;
+    return {has ? o : nullptr, o, std::size_t(label[std::size_t(r)]), has ? mix : T(0), has ? hot : T(1),
+            streamable(o, stream), stream};
+  }
+};
 
 }  // namespace detail
 
@@ -270,12 +329,14 @@ class ProgressiveTargets {
     }
   }
 
-  // Stores the softmax of each index's last row; the rows stored are distinct table rows, so
-  // threads never write the same one.
+  // Stores the softmax of each index's last row among the rows with `only[b]` (all rows when
+  // `only` is empty); the rows stored are distinct table rows, so threads never write the same one.
   template <class U>
-  void store(const Labels& indices, const RowsView<const U>& x, int threads = 1) {
-    std::vector<std::pair<std::int64_t, std::ptrdiff_t>> order(std::size_t(x.rows));
-    for (std::ptrdiff_t b = 0; b < x.rows; ++b) order[std::size_t(b)] = {indices[std::size_t(b)], b};
+  void store(const Labels& indices, const RowsView<const U>& x, int threads = 1,
+             const std::vector<unsigned char>& only = {}) {
+    std::vector<std::pair<std::int64_t, std::ptrdiff_t>> order;
+    for (std::ptrdiff_t b = 0; b < x.rows; ++b)
+      if (only.empty() || only[std::size_t(b)]) order.push_back({indices[std::size_t(b)], b});
     std::sort(order.begin(), order.end());
     std::vector<unsigned char> last(std::size_t(x.rows), 0);
     for (std::size_t k = 0; k < order.size(); ++k)
@@ -292,6 +353,13 @@ class ProgressiveTargets {
     });
   }
 
+  static bool distinct(const Labels& indices) {
+    std::vector<std::int64_t> v(indices.size());
+    for (std::size_t b = 0; b < v.size(); ++b) v[b] = indices[b];
+    std::sort(v.begin(), v.end());
+    return std::adjacent_find(v.begin(), v.end()) == v.end();
+  }
+
   template <class X, class G>
   LossResult step(const X& logits, const Labels& indices, const Labels& labels, std::int64_t epoch, G* grad,
                   const SoftCrossEntropyOptions& o) {
@@ -300,6 +368,9 @@ class ProgressiveTargets {
     const auto xv = detail::checked_rows(fn, "logits", logits, std::ptrdiff_t(indices.size()), c_);
     check_batch(fn, indices, labels, epoch);
     detail::check_soft_cross_entropy_options(fn, o, xv.rows, xv.cols);
+    if constexpr (std::is_same_v<U, T>) {
+      if (o.temperature == 1.0 && distinct(indices)) return fused_step(xv, indices, labels, epoch, grad, o);
+    }
     // The targets go into the gradient buffer (soft_cross_entropy may write its gradient over
     // its targets), or, without one or when it is the logits, into a workspace kept for the
     // next call.
@@ -311,6 +382,26 @@ class ProgressiveTargets {
     store(indices, xv, o.threads);  // before the loss: grad may overwrite the logits
     if (in_grad) return soft_cross_entropy(logits, *grad, *grad, o);
     return grad ? soft_cross_entropy(logits, ws, *grad, o) : soft_cross_entropy(logits, ws, o);
+  }
+
+  // The step in one pass over the logits and the table rows (detail::ProgressiveSource). Rows
+  // the loss skips (ignore_index, weight 0) still store their prediction (softmax_row).
+  template <class G>
+  LossResult fused_step(const RowsView<const T>& xv, const Labels& indices, const Labels& labels, std::int64_t epoch,
+                        G* grad, const SoftCrossEntropyOptions& o) {
+    const RowsView<T> gv = detail::checked_grad_view<T>("ProgressiveTargets::loss", grad, "logits", xv);
+    const double a = alpha(epoch);
+    const detail::ProgressiveSource<T> src{table_.data(), std::ptrdiff_t(c_), indices, labels, seen_.data(),
+                                           T(a), T(1.0 - a), detail::streaming_output<T>(xv.rows, xv.cols)};
+    // Rows the loss skips first: their gradient (zero) may overwrite their logits.
+    const detail::RowPlan plan = detail::plan_rows(o, xv.rows, xv.cols);
+    std::vector<unsigned char> skipped(std::size_t(xv.rows), 0);
+    bool any = false;
+    for (std::size_t b = 0; b < skipped.size(); ++b) any = (skipped[b] = plan.weight[b] == 0.0) || any;
+    if (any) store(indices, xv, o.threads, skipped);
+    const LossResult res = detail::run_soft_cross_entropy(xv, src, gv, o);
+    for (std::size_t b = 0; b < skipped.size(); ++b) seen_[std::size_t(indices[b])] = 1;
+    return res;
   }
 
   template <class U>
