@@ -272,6 +272,14 @@ TEMPLATE_TEST_CASE("topk_kl_div: -inf logits, float accuracy, threads, ignored r
     losskit::topk_kl_div(sf, tf, gf, o);
     losskit::topk_kl_div(RowMatrix<double>(sf.cast<double>()), RowMatrix<double>(tf.cast<double>()), gd, o);
     CHECK((gf.cast<double>() - gd).cwiseAbs().maxCoeff() <= 1e-6);
+    // rows in a matrix (row 0's gradient written during row 1's pass) = each row alone
+    o.reduction = Reduction::sum;
+    losskit::topk_kl_div(sf, tf, gf, o);
+    for (Eigen::Index row = 0; row < 2; ++row) {
+      RowMatrix<float> g1(1, 32000);
+      losskit::topk_kl_div(RowMatrix<float>(sf.row(row)), RowMatrix<float>(tf.row(row)), g1, o);
+      CHECK(g1.row(0) == gf.row(row));
+    }
   }
   SECTION("same bits with 1 and 2 threads; every row ignored gives 0") {
     const auto bs = lktest::random_logits<T>(64, 5000, 5), bt = lktest::random_logits<T>(64, 5000, 6);

@@ -21,9 +21,11 @@
 // (core/select.hpp): a bracket for the k-th largest teacher logit from a ~512-entry sample,
 // the entries in the bracket copied out during the streaming statistics pass, bisection over
 // them. NaN teacher logits are never selected (the row's loss is NaN anyway).
-// Passes per row: the streaming pass over both rows (softmax statistics, bracket copy); the
-// full form with a gradient then needs one more pass (P_S comes from the bracketed teacher
-// logits, W rides with the gradient); otherwise a pass for the sums over S, then the gradient.
+// Passes per row: the streaming pass over both rows (softmax statistics, bracket copy; the
+// previous row's gradient goes out in it); the sums over S come from the band when it holds all
+// of S, else from a pass over the row (scratch rows and logits, in L2); with a gradient, one
+// more pass in L2 zeroes the exps outside S, and the gradient, alpha_k q + beta_k p of those
+// rows, is written during the next row's streaming pass (core/pair.hpp).
 //
 // Reference: OSTQuant's trainer (`--loss_type=kl_top`, k = 1000; `kl_top_K` for other k; read
 // from public copies of its code, see shared/reference/formulas.md section 9), whose
@@ -148,7 +150,6 @@ struct TopkKlDiv {
     const T* t = r.t;
     const T* es = r.w.es;
     const T* et = r.w.et;
-
     if (!summed) {  // a pass over the row for the sums over S
       P = W = Q = 0.0;
       for_chunks<T>(n, [&](std::size_t kc, std::size_t b, std::size_t e) {
@@ -178,24 +179,31 @@ struct TopkKlDiv {
 
     if (grad) {
       // g = C q + [in S] (A q - B p): full: A = 0, B = a, C = a P_S (0 for log-prob students);
-      // renormalised: A = a / Q_S, B = a / P_S, C = 0; a = scale / T, per chunk times its factors.
-      const double a = scale * double(r.inv_t);
-      const bool logits = !r.student_log_probs;
-      for_chunks<T>(n, [&](std::size_t kc, std::size_t b, std::size_t e) {
-        const double qf = r.w.q.factor_d(kc), pf = r.w.p.factor_d(kc);
-        const T A = Renorm ? T(a * qf / Q) : T(0);
-        const T B = T(a * pf / (Renorm ? P : 1.0));
-        const T C = !Renorm && logits ? T(a * P * qf) : T(0);
+      // renormalised: A = a / Q_S, B = a / P_S, C = 0; a = scale / T, per chunk times its
+      // factors. The exps outside S are zeroed where a member mask applies (p always, q when
+      // renormalised), in one pass over the scratch rows (L2); the gradient is then the rows'
+      // alpha_k q + beta_k p, written during the next row's pass like every divergence's.
+      T* const mes = r.w.es;
+      T* const met = r.w.et;
+      for_chunks<T>(n, [&](std::size_t, std::size_t b, std::size_t e) {
         for_member_ranges(cut, b, e, [&](std::size_t b2, std::size_t e2, bool incl) {
-          store_row<T>(grad, b2, e2, r.stream, [&](auto tag, std::size_t i) {
+          simd::for_lanes<T>(b2, e2, [&](auto tag, std::size_t i) {
             using V = typename decltype(tag)::type;
-            const V q = simd::load<V>(es + i);
             const auto in = member_mask(simd::load<V>(t + i), th, incl);
-            return V(C) * q + simd::where(in, V(A) * q - V(B) * simd::load<V>(et + i));
+            simd::store(met + i, simd::where(in, simd::load<V>(met + i)));
+            if constexpr (Renorm) simd::store(mes + i, simd::where(in, simd::load<V>(mes + i)));
           });
         });
       });
-      if (r.stream) simd::stream_fence();
+      const double a = scale * double(r.inv_t);
+      const bool logits = !r.student_log_probs;
+      r.w.defer_grad(
+          grad, n, r.stream, met,
+          [&](std::size_t kc) {
+            const double qf = r.w.q.factor_d(kc);
+            return Renorm ? a * qf / Q : (logits ? a * P * qf : 0.0);
+          },
+          [&](std::size_t kc) { return -a * r.w.p.factor_d(kc) / (Renorm ? P : 1.0); });
     }
     return value;
   }
