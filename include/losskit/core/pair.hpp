@@ -51,19 +51,26 @@ struct PairScratch {
   std::vector<double> chunk;  // one value per chunk for a kernel's `extra` hook
 
   // A gradient row recorded by a pipelined write_grad, not yet written (core/pending.hpp):
-  //   out_i = alpha_k E_i + beta_k G_i   over chunk k
-  // (E and G two scratch rows, E = es unless a kernel names another), then optionally one entry
-  // out[fix] = fix_value (computed apart, e.g. in double; set after the streamed row is fenced).
+  //   out_i = alpha_k E_i + beta_k G_i (+ gamma_k H_i)   over chunk k
+  // (E, G and optionally H scratch rows, E = es unless a kernel names another; H: a kernel with
+  // a third softmax, Third::student_at_one), then optionally one entry out[fix] = fix_value
+  // (computed apart, e.g. in double; set after the streamed row is fenced).
   static constexpr std::size_t no_fix = PendingRow<T>::no_fix;
   struct Pending {
     PendingRow<T> row;
     const T* es = nullptr;
     const T* G = nullptr;
-    std::vector<T> alpha, beta;
+    const T* H = nullptr;
+    std::vector<T> alpha, beta, gamma;
     // out_i with chunk k's coefficients a = alpha_k, c = beta_k (one mul and one fma).
     template <class V>
     V value(T a, T c, std::size_t i) const {
       return simd::fma(simd::load<V>(es + i), V(a), V(c) * simd::load<V>(G + i));
+    }
+    // The same with the third row, g = gamma_k (two fmas and a mul).
+    template <class V>
+    V value(T a, T c, T g, std::size_t i) const {
+      return simd::fma(simd::load<V>(es + i), V(a), simd::fma(simd::load<V>(G + i), V(c), V(g) * simd::load<V>(H + i)));
     }
   } pending;
   bool pipelined = false;
@@ -82,11 +89,17 @@ struct PairScratch {
   // right away.
   template <class Alpha, class Beta>
   void defer_grad(T* out, std::size_t n, bool stream, const T* E, const T* G, Alpha&& alpha, Beta&& beta,
-                  std::size_t fix = no_fix, T fix_value = T(0));
+                  std::size_t fix = no_fix, T fix_value = T(0)) {
+    defer_grad(out, n, stream, E, G, nullptr, alpha, beta, [](std::size_t) { return 0.0; }, fix, fix_value);
+  }
   template <class Alpha, class Beta>
   void defer_grad(T* out, std::size_t n, bool stream, const T* G, Alpha&& alpha, Beta&& beta) {
     defer_grad(out, n, stream, es, G, alpha, beta);
   }
+  // With a third row H (gamma(k) its coefficients; H = nullptr: none).
+  template <class Alpha, class Beta, class Gamma>
+  void defer_grad(T* out, std::size_t n, bool stream, const T* E, const T* G, const T* H, Alpha&& alpha, Beta&& beta,
+                  Gamma&& gamma, std::size_t fix, T fix_value);
   // Chunk k = [b, e) of the pending row; end_pending() after the last chunk. For kernels with
   // a chunk loop of their own (stats() writes the pending row element by element).
   void flush_chunk(std::size_t k, std::size_t b, std::size_t e);
@@ -103,6 +116,14 @@ template <class T>
 inline void PairScratch<T>::flush_chunk(std::size_t k, std::size_t b, std::size_t e) {
   const Pending& d = pending;
   const T a = d.alpha[k], c = d.beta[k];
+  if (d.H) {
+    const T g = d.gamma[k];
+    simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) {
+      using V = typename decltype(tag)::type;
+      d.row.put(i, d.template value<V>(a, c, g, i));
+    });
+    return;
+  }
   simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) {
     using V = typename decltype(tag)::type;
     d.row.put(i, d.template value<V>(a, c, i));
@@ -110,9 +131,9 @@ inline void PairScratch<T>::flush_chunk(std::size_t k, std::size_t b, std::size_
 }
 
 template <class T>
-template <class Alpha, class Beta>
-inline void PairScratch<T>::defer_grad(T* out, std::size_t n, bool stream, const T* E, const T* G, Alpha&& alpha,
-                                       Beta&& beta, std::size_t fix, T fix_value) {
+template <class Alpha, class Beta, class Gamma>
+inline void PairScratch<T>::defer_grad(T* out, std::size_t n, bool stream, const T* E, const T* G, const T* H,
+                                       Alpha&& alpha, Beta&& beta, Gamma&& gamma, std::size_t fix, T fix_value) {
   // The previous row's gradient must be out already (stats() or flush_chunk() wrote it while
   // this row's scratch replaced its own): flushing it here would read overwritten scratch.
   assert(!pending.row && "losskit: defer_grad() before the pending row was written");
@@ -120,13 +141,16 @@ inline void PairScratch<T>::defer_grad(T* out, std::size_t n, bool stream, const
   const std::size_t chunks = chunk_count(n, chunk_elems<T>);
   d.alpha.resize(chunks);
   d.beta.resize(chunks);
+  d.gamma.resize(H ? chunks : 0);
   for (std::size_t k = 0; k < chunks; ++k) {
     d.alpha[k] = T(alpha(k));
     d.beta[k] = T(beta(k));
+    if (H) d.gamma[k] = T(gamma(k));
   }
   d.row.start(out, n, stream, fix, fix_value);
   d.es = E;
   d.G = G;
+  d.H = H;
   if (!pipelined) flush();
 }
 
@@ -196,8 +220,13 @@ struct PairRow {
       using V = typename decltype(tag)::type;
       return simd::load<V>(sp + i) + simd::load<V>(tp + i);
     };
+    // A kernel with the student at T = 1 as its third softmax (kd_loss) records its rows with a
+    // third row (H = ex); every other kernel with two.
+    constexpr bool three_rows = third == Third::student_at_one;
+    assert(!pout || bool(d.H) == three_rows);
     for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) LOSSKIT_LAMBDA_INLINE {
       const T pa = pout ? d.alpha[k] : T(0), pb = pout ? d.beta[k] : T(0);
+      [[maybe_unused]] const T pg = three_rows && pout ? d.gamma[k] : T(0);
       S.start(sp, b, e);
       U.start(tp, b, e);
       if constexpr (third == Third::sum) M.start(b, e, sum_row);
@@ -217,7 +246,12 @@ struct PairRow {
           S.see(sv);
           U.see(tv);
           if constexpr (third == Third::sum) M.see(mv);
-          if (put) pr.put(i, d.template value<V>(pa, pb, i));  // read before this row's stores at i
+          if (put) {  // read before this row's stores at i
+            if constexpr (three_rows)
+              pr.put(i, d.template value<V>(pa, pb, pg, i));
+            else
+              pr.put(i, d.template value<V>(pa, pb, i));
+          }
           const V ev = simd::exp2_ftz((sv - V(ss)) * V(c)), fv = simd::exp2_ftz((tv - V(st)) * V(c));
           simd::store(es + i, ev);
           if constexpr (KeepTeacher) simd::store(et + i, fv);

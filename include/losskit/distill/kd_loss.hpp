@@ -20,9 +20,9 @@
 //
 // Numerics: one streaming pass over both rows in chunks of 8 KiB (core/pair.hpp's
 // PairRow::stats) takes three softmaxes per chunk (student at 1, student at 1/T, teacher at
-// 1/T; two when T = 1) into scratch rows, with the KL sum riding along; the row's gradient is
-// written during the next row's pass when T = 1 (pipelined rows); with T != 1 (three scratch
-// rows) in a pass of its own. The target-class entry is computed in double
+// 1/T; two when T = 1) into scratch rows, with the KL sum riding along; the row's gradient (a
+// combination of two scratch rows, three when T != 1) is written during the next row's pass
+// (pipelined rows). The target-class entry is computed in double
 // (softmax_y - 1 cancels as softmax_y -> 1) and set after the row. `grad` may be the student
 // (or the teacher) logits.
 
@@ -106,21 +106,11 @@ struct KdRow {
         w.defer_grad(
             grad, n, stream, w.es, w.et, [&](std::size_t k) { return (a1 + a2) * w.q.factor_d(k); },
             [&](std::size_t k) { return -a2 * w.p.factor_d(k); }, y, gy);
-      } else {  // g = a1 softmax(z) + a2 (q - p): three rows, written here in a pass of its own
-        // (deferring it would need them combined into two first, an extra pass that costs
-        // what the overlap saves)
-        const T* es = w.es;
-        const T* et = w.et;
-        PendingRow<T> out;
-        out.start(grad, n, stream, y, gy);
-        for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
-          const T A = T(a1 * one.factor_d(k)), C = T(a2 * w.q.factor_d(k)), B = T(a2 * w.p.factor_d(k));
-          simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) {
-            using V = typename decltype(tag)::type;
-            out.put(i, V(A) * simd::load<V>(e1 + i) + V(C) * simd::load<V>(es + i) - V(B) * simd::load<V>(et + i));
-          });
-        });
-        out.end();
+      } else {  // g = a2 q - a2 p + a1 softmax(z): three rows
+        w.defer_grad(
+            grad, n, stream, w.es, w.et, w.ex, [&](std::size_t k) { return a2 * w.q.factor_d(k); },
+            [&](std::size_t k) { return -a2 * w.p.factor_d(k); }, [&](std::size_t k) { return a1 * one.factor_d(k); },
+            y, gy);
       }
     }
     return (alpha != 0.0 ? alpha * ce : 0.0) + (soft != 0.0 ? soft * kl : 0.0);
