@@ -55,23 +55,9 @@ void BM_floor(benchmark::State& st) {
 
 // ---- ELR's traffic: g = x + table, table = x - table, one streaming pass ---------------------------
 void BM_floor_elr(benchmark::State& st) {
-  namespace simd = losskit::simd;
   auto& in = inputs(st.range(0), st.range(1));
-  const std::size_t cols = std::size_t(in.x.cols());
   for (auto _ : st) {
-    losskit::detail::parallel_ranges(in.x.rows(), int(st.range(2)), [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
-      const float* x = in.x.row(b).data();
-      float* g = in.g.row(b).data();
-      float* tab = in.table.row(b).data();
-      const bool ng = losskit::detail::streamable(g, true), nt = losskit::detail::streamable(tab, true);
-      simd::for_lanes<float>(0, std::size_t(e - b) * cols, [&](auto tag, std::size_t i) {
-        using V = typename decltype(tag)::type;
-        const V xv = simd::load<V>(x + i), tv = simd::load<V>(tab + i);
-        losskit::detail::put_lanes(g, i, xv + tv, ng);
-        losskit::detail::put_lanes(tab, i, xv - tv, nt);
-      });
-      simd::stream_fence();
-    });
+    losskit_bench::floor_with_state(in.x, in.table, in.g, int(st.range(2)));
     benchmark::ClobberMemory();
   }
   losskit_bench::set_counters(st, in.x.rows(), in.x.cols(), 4);

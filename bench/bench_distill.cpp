@@ -7,8 +7,9 @@
 //   topk_kl_div_renorm    the same, renormalised over the top-k
 //   kl_div                losskit::kl_div (T = 1), the reference point of topk_kl_div
 //   ps_kd_step            ProgressiveTargets::loss: targets from a [rows, cols] table, the table
-//                         update and soft_cross_entropy (more traffic than the floor: the table
-//                         rows are read and written, the targets materialised)
+//                         update and soft_cross_entropy (distinct sample indices: one pass)
+//   floor_ps_kd_step      its own floor: the logits and the table row in, the gradient and the
+//                         table row out (2 reads + 2 writes); report.py prints the ratio to it
 // Shape 1024 x 32000; threads 1 and 2. Names are <kernel>/losskit/rows:R/cols:C/threads:N, so
 // bench/report.py makes the ratio table:
 //   build/release/bench/bench_distill --benchmark_format=json > out.json && python3 bench/report.py out.json
@@ -29,13 +30,14 @@ using losskit::RowMatrixXf;
 constexpr std::int64_t kTopK = 1000;
 
 struct Inputs {
-  RowMatrixXf s, t, p, g;        // student, teacher logits, teacher probabilities, gradient
+  RowMatrixXf s, t, p, g, table;  // student, teacher logits, teacher probabilities, gradient, state (floor)
   std::vector<std::int64_t> labels, index;
 };
 
 Inputs& inputs(Eigen::Index rows, Eigen::Index cols) {
   return losskit_bench::per_shape<Inputs>(rows, cols, [](Eigen::Index nr, Eigen::Index nc) {
-    Inputs in{RowMatrixXf(nr, nc), RowMatrixXf(nr, nc), RowMatrixXf(nr, nc), RowMatrixXf::Zero(nr, nc), {}, {}};
+    Inputs in{RowMatrixXf(nr, nc), RowMatrixXf(nr, nc), RowMatrixXf(nr, nc), RowMatrixXf::Zero(nr, nc),
+              RowMatrixXf::Zero(nr, nc), {}, {}};
     std::mt19937 rng(7);
     losskit_bench::fill_normal(rng, {&in.s, &in.t});
     for (Eigen::Index r = 0; r < nr; ++r) {
@@ -100,6 +102,15 @@ void BM_kl_div(benchmark::State& st) {
   });
 }
 
+void BM_floor_ps_kd_step(benchmark::State& st) {
+  auto& in = inputs(st.range(0), st.range(1));
+  for (auto _ : st) {
+    losskit_bench::floor_with_state(in.s, in.table, in.g, int(st.range(2)));
+    benchmark::ClobberMemory();
+  }
+  losskit_bench::set_counters(st, in.s.rows(), in.s.cols(), 4);
+}
+
 void BM_ps_kd_step(benchmark::State& st) {
   const auto rows = st.range(0), cols = st.range(1);
   auto pt = std::make_unique<losskit::ProgressiveTargets<float>>(rows, cols);
@@ -121,6 +132,7 @@ const int registered = [] {
   register_grid("topk_kl_div/losskit", kShapes, {1, 2}, BM_topk, false);
   register_grid("topk_kl_div_renorm/losskit", kShapes, {1, 2}, BM_topk, true);
   register_grid("ps_kd_step/losskit", kShapes, {1, 2}, BM_ps_kd_step);
+  register_grid("floor_ps_kd_step", kShapes, {1, 2}, BM_floor_ps_kd_step);
   register_grid("kl_div/losskit", kShapes, {1, 2}, BM_kl_div);
   return 0;
 }();

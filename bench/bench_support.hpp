@@ -109,6 +109,28 @@ inline void floor_two_inputs(const losskit::RowMatrixXf& s, const losskit::RowMa
   });
 }
 
+// g = x + table, table = x - table: two reads and two writes per element, the traffic of a
+// kernel that also reads and rewrites a row of per-sample state (ELR's targets, PS-KD's
+// predictions).
+inline void floor_with_state(const losskit::RowMatrixXf& x, losskit::RowMatrixXf& table, losskit::RowMatrixXf& g,
+                             int threads) {
+  namespace simd = losskit::simd;
+  const std::size_t cols = std::size_t(x.cols());
+  losskit::detail::parallel_ranges(x.rows(), threads, [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
+    const float* xp = x.row(b).data();
+    float* gp = g.row(b).data();
+    float* tab = table.row(b).data();
+    const bool ng = losskit::detail::streamable(gp, true), nt = losskit::detail::streamable(tab, true);
+    simd::for_lanes<float>(0, std::size_t(e - b) * cols, [&](auto tag, std::size_t i) {
+      using V = typename decltype(tag)::type;
+      const V xv = simd::load<V>(xp + i), tv = simd::load<V>(tab + i);
+      losskit::detail::put_lanes(gp, i, xv + tv, ng);
+      losskit::detail::put_lanes(tab, i, xv - tv, nt);
+    });
+    simd::stream_fence();
+  });
+}
+
 // A floor benchmark's loop: floor_one_input(x, g) (two float streams per element) or
 // floor_two_inputs(s, t, g) (three) on st.range(2) threads, then the counters of that traffic.
 inline void time_floor(benchmark::State& st, const losskit::RowMatrixXf& x, losskit::RowMatrixXf& g) {

@@ -40,13 +40,19 @@
 // gradient). The L1 normalisation without softplus needs finite logits (||z||_1 = inf gives NaN).
 // A -inf target logit in the raw form gives loss +inf. NaN gives NaN.
 //
-// Numerics: per row, one pass over the logits computes the scores' normaliser (softplus and its
+// Numerics: raw scores (ldr_kl, and AdaptiveLDR without a lambda step) are one streaming pass
+// per row: softmax(u / lambda) of u_k = z_k + c (k != y), u_y = z_y through the running-maximum
+// loop of the other softmax kernels (core/softmax.hpp; exps into a scratch row), the target's
+// probability and gradient entry in double from the log-sum-exp, then one pass over the scratch
+// row (L2) writes the gradient. The normalised forms need the row's normaliser before any exp:
+// per row, one pass over the logits computes the scores' normaliser (softplus and its
 // sigmoid stored for the normalised form, the L1 norm otherwise) and the maximum over the other
 // classes, which fixes the log-sum-exp shift M = max_k u_k / lambda exactly; one exp pass stores
 // e_k = exp(u_k / lambda - M) and sums e_k and e_k yh_k (the target's term, which takes no
 // margin, is computed apart in double, so a margin much larger than lambda can neither overflow
 // nor swamp it); one pass writes the gradient (non-temporal for large outputs). The lambda step of
-// AdaptiveLDR adds an exp pass and a log pass. The next row is prefetched during the first heavy
+// AdaptiveLDR adds an exp pass and a log pass (for raw scores, also the max pass that shifts
+// them). The next row is prefetched during the first heavy
 // pass, so memory reads overlap the computation. float: softplus and the KL's log use the fast
 // forms of core/softplus.hpp (about 1e-7 absolute).
 
@@ -64,6 +70,7 @@
 #include "losskit/core/rows.hpp"
 #include "losskit/core/scratch.hpp"
 #include "losskit/core/simd.hpp"
+#include "losskit/core/softmax.hpp"
 #include "losskit/core/softplus.hpp"
 #include "losskit/core/state_io.hpp"
 #include "losskit/core/types.hpp"
@@ -150,6 +157,7 @@ struct LdrScratch {
   T* e;  // exps
   T* x;  // softplus(z) (softplus_l1)
   T* d;  // sigmoid(z)  (softplus_l1)
+  ChunkedSoftmax<T> sm;  // ldr_kl's raw form: the statistics of softmax(u / lambda)
   LdrScratch(std::size_t n, LdrNorm norm) {
     const bool sp = norm == LdrNorm::softplus_l1;
     e = scratch<T>(sp ? 3 * n : n);
@@ -158,8 +166,9 @@ struct LdrScratch {
   }
 };
 
-// One row of an LDR loss: scores (one pass over the logits), the log-mean-exp of v / lambda (one
-// exp pass, with a single shift M from the first pass's maximum), the gradient (one pass).
+// One row of an LDR loss: raw() for raw scores; otherwise scores (one pass over the logits), the
+// log-mean-exp of v / lambda (one exp pass, with a single shift M from the first pass's
+// maximum), the gradient (one pass).
 template <class T>
 struct LdrRow {
   const T* z;
@@ -249,7 +258,8 @@ struct LdrRow {
     })[0];
   }
 
-  // Fills the exps e (scratch) and returns the per-row LDR-KL value.
+  // The normalised forms (raw scores: raw()). Fills the exps e (scratch) and returns the
+  // per-row LDR-KL value.
   double value(double lambda, double margin) {
     // M = max_k u_k / lambda: the others' maximum plus the margin, or the target (kappa >= 0).
     const double others = x_max == -std::numeric_limits<double>::infinity() ? x_max : kappa * x_max + margin;
@@ -257,10 +267,6 @@ struct LdrRow {
     const T a = T(kappa / lambda * simd::log2e<double>), b = T((margin / lambda - M) * simd::log2e<double>);
     const T* s = src;
     T* e_out = w.e;
-    const bool normalised = norm != LdrNorm::none;
-    // sum e yh is only needed by the normalised forms; a multiply rather than a ternary between
-    // two batches (observed: GCC 12 with xsimd 8.1 at -O3 miscomputed that ternary's sum here)
-    const T zero_if_raw = normalised ? T(1) : T(0);
     const T* pf = prefetch_here() ? ahead : s;
     const auto sums = sum_around<T, 2>(n, y, [&](auto tag, std::size_t i) {
       using V = typename decltype(tag)::type;
@@ -268,7 +274,7 @@ struct LdrRow {
       const V x = simd::load<V>(s + i);
       const V e = simd::exp2_ftz(simd::fma(x, V(a), V(b)));
       simd::store(e_out + i, e);
-      return std::array<V, 2>{e, e * x * V(zero_if_raw)};
+      return std::array<V, 2>{e, e * x};
     });
     // the target, without the margin, in double
     const double e_y = std::exp(yh_y / lambda - M);
@@ -276,24 +282,62 @@ struct LdrRow {
     sum_e = sums[0] + e_y;
     lse = M + std::log(sum_e);
     pi_y = e_y / sum_e;
-    pi_yh = normalised ? kappa * (sums[1] + e_y * double(s[y])) / sum_e : 0.0;
+    pi_yh = kappa * (sums[1] + e_y * double(s[y])) / sum_e;
+    return lambda * (lse - std::log(double(n))) - yh_y;
+  }
+
+  // ldr_kl's raw form (scores = logits) in one streaming pass: softmax(u / lambda) of
+  // u_k = z_k + c (k != y), u_y = z_y by the running-maximum loop (core/softmax.hpp), exps into
+  // the scratch row; then, with a gradient, one pass over that row (L2) writes it. The target's
+  // probability and its gradient entry are taken in double from lse. Returns the row's loss.
+  double raw(double lambda, double margin, T* grad, double scale, bool stream) {
+    ChunkedSoftmax<T>& sm = w.sm;
+    sm.reset(n);
+    RunningShift<T> running;
+    const T* zp = z;
+    const T cm = T(margin), zy = z[y];
+    const std::size_t ty = y;
+    auto u = [=](auto tag, std::size_t i) {
+      using V = typename decltype(tag)::type;
+      if constexpr (simd::is_batch<V>) simd::prefetch(zp + i + chunk_elems<T>);
+      return simd::map_index(V(simd::load<V>(zp + i) + V(cm)), i, ty, [zy](T) { return zy; });  // no margin at y
+    };
+    const T inv_l = T(1.0 / lambda);
+    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) LOSSKIT_LAMBDA_INLINE {
+      std::array<double, 0> none;
+      exp_chunk<T>(
+          sm, k, b, e, inv_l, u, w.e, running,
+          [](auto tag, std::size_t, const auto&, const auto&, T) { return std::array<typename decltype(tag)::type, 0>{}; },
+          none);
+    });
+    lse = sm.finish(false);  // log sum_k exp(u_k / lambda)
+    yh_y = double(zy);
+    pi_y = std::exp(yh_y / lambda - lse);
+    if (grad) {
+      const T* e_in = w.e;
+      for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
+        const T alpha = T(scale * sm.factor_d(k));
+        store_row<T>(grad, b, e, stream, [&](auto tag, std::size_t i) {
+          using V = typename decltype(tag)::type;
+          return V(alpha) * simd::load<V>(e_in + i);
+        });
+      });
+      if (stream) simd::stream_fence();
+      grad[y] = T(scale * (pi_y - 1.0));  // after the fence
+    }
     return lambda * (lse - std::log(double(n))) - yh_y;
   }
 
   // grad = scale * dL/dz (after value()).
   void gradient(T* grad, double scale, bool stream) const {
     const double G = (pi_yh - yh_y) / double(n);  // (1/K) sum_j g_j yh_j
-    const double a = norm == LdrNorm::none ? scale : scale * kappa;
+    const double a = scale * kappa;
     const T alpha = T(a / sum_e), beta = T(a * G);
     const T* e_in = w.e;
     const T* d = w.d;
     const T* zp = z;
     switch (norm) {
-      case LdrNorm::none:  // pi
-        write_grad_row<T>(grad, n, stream, [&](auto tag, std::size_t i) {
-          using V = typename decltype(tag)::type;
-          return V(alpha) * simd::load<V>(e_in + i);
-        });
+      case LdrNorm::none:  // raw()
         break;
       case LdrNorm::softplus_l1:  // sigmoid(z) (pi - G)
         write_grad_row<T>(grad, n, stream, [&](auto tag, std::size_t i) {
@@ -331,6 +375,7 @@ struct LdrKlRow {
 
   double operator()(LdrScratch<T>& w, std::ptrdiff_t r, T* grad, double scale) const {
     LdrRow<T> row{x.row(r), std::size_t(x.cols), std::size_t(labels[std::size_t(r)]), norm, w, next_row(x, r)};
+    if (norm == LdrNorm::none) return row.raw(lambda, margin, grad, scale, stream);
     row.scores();
     const double loss = row.value(lambda, margin);
     if (grad) row.gradient(grad, scale, stream);
@@ -463,14 +508,17 @@ class AdaptiveLDR {
         plan, v.x.rows, v.g, [n, norm] { return detail::LdrScratch<T>(n, norm); },
         [&](detail::LdrScratch<T>& w, std::ptrdiff_t r, T* g, double scale) {
           detail::LdrRow<T> row{v.x.row(r), n, std::size_t(labels[std::size_t(r)]), norm, w, detail::next_row(v.x, r)};
-          row.scores();
           double& state = lam[std::size_t(ids[std::size_t(r)])];
           double lambda = state;
+          const bool raw = norm == detail::LdrNorm::none;
+          if (o.update || !raw) row.scores();  // raw scores without a step: one pass (raw())
           if (o.update) {
             lambda = l0 - l0 * row.kl_to_uniform(lambda) / (o.alpha * log_k);
             state = lambda;
           }
-          const double loss = row.value(lambda, o.margin) - pull * (lambda - l0) * (lambda - l0);
+          const double penalty = pull * (lambda - l0) * (lambda - l0);
+          if (raw) return row.raw(lambda, o.margin, g, scale, stream) - penalty;
+          const double loss = row.value(lambda, o.margin) - penalty;
           if (g) row.gradient(g, scale, stream);
           return loss;
         });

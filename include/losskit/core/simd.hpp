@@ -322,6 +322,23 @@ inline std::size_t append_in_range(T* out, T x, T lo, T hi, T* pout = nullptr, c
   return std::size_t(x >= lo && x < hi);
 }
 
+// The values v (a batch or a scalar) of indices [i, i + lanes) with the one at index j, if it is
+// among them, replaced by f(its value): a kernel's special entry (a label's lane), through
+// memory, which only the one batch that holds it pays.
+template <class V, class F>
+inline V map_index(const V& v, std::size_t i, std::size_t j, F&& f) {
+  if constexpr (is_batch<V>) {
+    using T = scalar_t<V>;
+    if (j - i >= width<T>) return v;
+    alignas(64) T lane[width<T>];
+    v.store_aligned(lane);
+    lane[j - i] = f(lane[j - i]);
+    return V::load_aligned(lane);
+  } else {
+    return i == j ? V(f(v)) : v;
+  }
+}
+
 // ---- loops ----------------------------------------------------------------------------------
 // body(lanes<batch<T>>{}, i) for whole batches in [begin, end), then body(lanes<T>{}, i) for
 // the remaining elements one at a time.

@@ -41,6 +41,7 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -201,17 +202,27 @@ struct RunningShift {
 // extra(lanes<V>, i, v_i, e_i, shift) -> std::array<V, K> (into `sums`). `rs` carries the row's
 // running maximum between chunks (a default RunningShift before the first). The next chunk of v
 // is prefetched. Records the chunk in `sm` and returns the shift used.
-template <class T, std::size_t K, class Extra>
-inline T exp_chunk(ChunkedSoftmax<T>& sm, std::size_t k, std::size_t b, std::size_t e, T inv_t, const T* v, T* out,
+// `v` may also be a function value(lanes<V>, i) -> V of the row's values (which prefetches what
+// it reads itself).
+template <class T, std::size_t K, class Row, class Extra>
+inline T exp_chunk(ChunkedSoftmax<T>& sm, std::size_t k, std::size_t b, std::size_t e, T inv_t, const Row& v, T* out,
                    RunningShift<T>& rs, Extra&& extra, std::array<double, K>& sums) {
   const T c = inv_t * simd::log2e<T>;
-  rs.start(v, b, e);
+  auto value = [&v](auto tag, std::size_t i) {
+    using V = typename decltype(tag)::type;
+    if constexpr (std::is_pointer_v<Row>) {
+      if constexpr (simd::is_batch<V>) simd::prefetch(v + i + chunk_elems<T>);  // the next chunk streams in meanwhile
+      return simd::load<V>(v + i);
+    } else {
+      return V(v(tag, i));
+    }
+  };
+  rs.start(b, e, value);
   for (;;) {
     const T sh = rs.shift;
     const auto s = simd::sum_lanes<T, K + 1>(b, e, [&](auto tag, std::size_t i) {
       using V = typename decltype(tag)::type;
-      const V x = simd::load<V>(v + i);
-      if constexpr (simd::is_batch<V>) simd::prefetch(v + i + chunk_elems<T>);  // the next chunk streams in meanwhile
+      const V x = value(tag, i);
       rs.see(x);
       const V ex = simd::exp2_ftz((x - V(sh)) * V(c));
       if (out) simd::store(out + i, ex);

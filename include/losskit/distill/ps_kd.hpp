@@ -91,18 +91,9 @@ struct ProgressiveSource {
     bool nt, stream;
     template <class V>
     V at(std::size_t i) const {
-      V t = prev ? V(mix) * simd::load<V>(prev + i) : V(T(0));
-      if constexpr (simd::is_batch<V>) {
-        if (y - i < simd::width<T>) {  // the label's lane
-          alignas(64) T lane[simd::width<T>];
-          simd::store(lane, t);
-          lane[y - i] += hot;
-          t = simd::load<V>(lane);
-        }
-      } else if (i == y) {
-        t += hot;
-      }
-      return t;
+      const V t = prev ? V(mix) * simd::load<V>(prev + i) : V(T(0));
+      const T h = hot;
+      return simd::map_index(t, i, y, [h](T v) { return v + h; });  // the label's one-hot part
     }
     void prefetch(std::size_t i) const {
       if (prev) simd::prefetch(prev + i);
