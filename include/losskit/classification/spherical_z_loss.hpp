@@ -26,9 +26,10 @@
 //   NaN or +inf logits give NaN for that row.
 // Numerics: per row, in 8 KiB chunks: each chunk's sum and, while it is in L1, its centred sums
 // (o - m) and (o - m)^2 about its own approximate mean m; chunks are merged with Chan's pairwise
-// update (never E[o^2] - mu^2). A second pass, from cache, writes the gradient, which is affine
-// in o: g_k = A (o_k - mu) + B, plus one term at the target. The first pass prefetches the next
-// row, so the logits are read from memory once, overlapped with the writes.
+// update (never E[o^2] - mu^2). The gradient is affine in o: g_k = A (o_k - mu) + B, plus one term
+// at the target; it is written during the next row's first loop, from the row still in cache
+// (pipelined rows, as the divergences'), and the last row's after it. The first loop also
+// prefetches the next row, so the logits are read from memory once, overlapped with the writes.
 
 #include <cmath>
 #include <cstddef>
@@ -37,6 +38,7 @@
 
 #include "losskit/core/checks.hpp"
 #include "losskit/core/labeled.hpp"
+#include "losskit/core/pending.hpp"
 #include "losskit/core/rows.hpp"
 #include "losskit/core/simd.hpp"
 #include "losskit/core/softmax.hpp"
@@ -79,14 +81,16 @@ struct Moments {
 };
 
 // Moments of the live (not -inf) entries of v[b, e): the sum fixes an approximate centre m,
-// then the centred sums (in L1) give the exact mean and M2 about it.
-// `ahead`: prefetched at the same offsets.
-template <class T>
-inline Moments live_moments(const T* v, std::size_t b, std::size_t e, const T* ahead) {
+// then the centred sums (in L1) give the exact mean and M2 about it. `ahead`: prefetched at the
+// same offsets. `put(lanes<V>, i)` runs at every index of the first loop (the previous row's
+// gradient going out).
+template <class T, class Put>
+inline Moments live_moments(const T* v, std::size_t b, std::size_t e, const T* ahead, Put&& put) {
   const T ninf = -std::numeric_limits<T>::infinity();
   const auto s = simd::sum_lanes<T, 2>(b, e, [&](auto tag, std::size_t i) {
     using V = typename decltype(tag)::type;
     prefetch_at(tag, ahead, i);
+    put(tag, i);
     const V x = simd::load<V>(v + i);
     const auto dead = x == V(ninf);  // NaN is not dead: it propagates (and != is ordered in SIMD)
     return std::array<V, 2>{simd::select(dead, V(T(0)), x), simd::select(dead, V(T(0)), V(T(1)))};
@@ -107,6 +111,27 @@ inline Moments live_moments(const T* v, std::size_t b, std::size_t e, const T* a
   return m;
 }
 
+// A row's gradient A (o_k - mu) + B (0 at -inf logits; the target entry apart), written during
+// the next row's first loop (core/pending.hpp) so its stores overlap that row's reads; flush()
+// writes the last one. Reading o_k (L2) before the store at k also allows grad = logits.
+template <class T>
+struct SphericalPending {
+  PendingRow<T> row;
+  const T* o = nullptr;
+  T A = T(0), B = T(0), mu = T(0);
+
+  template <class V>
+  V value(std::size_t i) const {
+    const V v = simd::load<V>(o + i);
+    return simd::select(v == V(-std::numeric_limits<T>::infinity()), V(T(0)), simd::fma(V(A), v - V(mu), V(B)));
+  }
+  void flush() {
+    if (!row) return;
+    simd::for_lanes<T>(0, row.n, [&](auto tag, std::size_t i) { row.put(i, value<typename decltype(tag)::type>(i)); });
+    row.end();
+  }
+};
+
 template <class T>
 struct SphericalZRow {
   RowsView<const T> x;
@@ -114,12 +139,17 @@ struct SphericalZRow {
   double a, b, eps;
   bool stream;  // gradient written with non-temporal stores (large outputs)
 
-  double operator()(std::ptrdiff_t r, T* grad, double scale) const {
+  double operator()(SphericalPending<T>& p, std::ptrdiff_t r, T* grad, double scale) const {
     const T* o = x.row(r);
     const std::size_t n = std::size_t(x.cols), y = std::size_t(labels[std::size_t(r)]);
     Moments m;
     const T* ahead = next_row(x, r);
-    for_chunks<T>(n, [&](std::size_t, std::size_t cb, std::size_t ce) { m.merge(live_moments(o, cb, ce, ahead)); });
+    const SphericalPending<T> prev = p;  // a local copy: the float stores below cannot change it
+    auto put = [&prev](auto tag, std::size_t i) {
+      if (prev.row) prev.row.put(i, prev.template value<typename decltype(tag)::type>(i));
+    };
+    for_chunks<T>(n, [&](std::size_t, std::size_t cb, std::size_t ce) { m.merge(live_moments(o, cb, ce, ahead, put)); });
+    if (p.row) p.row.end();
     const double oc = double(o[y]);
     if (oc == -std::numeric_limits<double>::infinity()) {  // masked target: nothing can lower the loss
       if (grad)
@@ -133,13 +163,12 @@ struct SphericalZRow {
       const double s = sigmoid(u);
       const double B = scale * s / (se * D);
       const double A = sigma > 0.0 ? scale * s * zc / (se * sigma * D) : 0.0;
-      const T At = T(A), Bt = T(B), mut = T(mu), ninf = -std::numeric_limits<T>::infinity();
-      write_grad_row<T>(grad, n, stream, [&](auto tag, std::size_t i) {
-        using V = typename decltype(tag)::type;
-        const V v = simd::load<V>(o + i);
-        return simd::select(v == V(ninf), V(T(0)), V(At) * (v - V(mut)) + V(Bt));
-      });
-      grad[y] = T(A * (oc - mu) + B - scale * s / se);  // the target entry in double, rounded once
+      // the target entry in double, rounded once, set after the rest
+      p.row.start(grad, n, stream, y, T(A * (oc - mu) + B - scale * s / se));
+      p.o = o;
+      p.A = T(A);
+      p.B = T(B);
+      p.mu = T(mu);
     }
     return loss;
   }
@@ -157,8 +186,9 @@ inline LossResult spherical_z_loss_impl(const X& logits, const Labels& labels, G
   const RowPlan plan = plan_rows(labeled_rows(o, labels), v.x.rows, v.x.cols);
   const SphericalZRow<T> row{v.x, labels, o.a, o.b, o.epsilon, streaming_output<T>(v.x.rows, v.x.cols)};
   return run_rows<T>(
-      plan, v.x.rows, v.g, [] { return 0; },
-      [&row](int, std::ptrdiff_t r, T* g, double scale) { return row(r, g, scale); });
+      plan, v.x.rows, v.g, [] { return SphericalPending<T>{}; },
+      [&row](SphericalPending<T>& p, std::ptrdiff_t r, T* g, double scale) { return row(p, r, g, scale); },
+      [](SphericalPending<T>& p) { p.flush(); });
 }
 
 }  // namespace detail
