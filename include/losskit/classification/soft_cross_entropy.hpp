@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "losskit/core/checks.hpp"
@@ -66,14 +67,6 @@ struct SoftCrossEntropyOptions {
 
 namespace detail {
 
-template <class T>
-struct SoftCrossEntropyScratch {
-  T* ex;  // exps of the row relative to each chunk's max
-  ChunkedSoftmax<T> sm;
-  std::vector<double> mass, dot, shift;  // per chunk: sum u_i, sum u_i (z_i - m_k), m_k / T
-  explicit SoftCrossEntropyScratch(std::size_t n) : ex(scratch<T>(n)) {}
-};
-
 // The targets of soft_cross_entropy, a row at a time: Row::at<V>(i) is t_i. A source may also
 // take the row's softmax at T = 1 in the gradient pass (keeps_softmax; Row::keep(i, softmax_i),
 // called after at(i) has been read for every index of the batch): PS-KD stores it as the
@@ -96,8 +89,28 @@ struct DenseTargets {
   Row row(std::ptrdiff_t r) const { return {t.row(r)}; }
 };
 
+// Per thread: the scratch row of exps, the statistics, and the previous row's gradient, which is
+// written during this row's statistics loop (pipelined rows, as the divergences': its stores
+// overlap this row's reads; at each index the loop reads the previous row's exp before it stores
+// its own) or by flush() after a thread's last row.
+template <class T, class Targets>
+struct SoftCrossEntropyScratch {
+  using Src = decltype(std::declval<const Targets&>().row(0));
+  T* ex;  // exps of the row relative to each chunk's shift
+  ChunkedSoftmax<T> sm;
+  std::vector<double> mass, dot, shift;  // per chunk: sum u_i, sum u_i (z_i - m_k), m_k / T
+  struct Pending {
+    PendingRow<T> row;
+    Src src{};
+    std::vector<T> alpha, f;  // per chunk: a U factor_k, factor_k
+    T beta = T(0);
+  } pending;
+  explicit SoftCrossEntropyScratch(std::size_t n) : ex(scratch<T>(n)) {}
+};
+
 template <class T, bool Weighted, class Targets>
 struct SoftCrossEntropyRow {
+  using Scratch = SoftCrossEntropyScratch<T, Targets>;
   RowsView<const T> x;
   Targets t;
   std::size_t n;
@@ -105,21 +118,41 @@ struct SoftCrossEntropyRow {
   const T* cw;         // class weights as T (Weighted)
   bool stream;
 
-  double operator()(SoftCrossEntropyScratch<T>& w, std::ptrdiff_t r, T* grad, double scale) const {
+  // u_i = w_i t'_i of a row's targets.
+  template <class V, class Src>
+  V u_at(const Src& src, std::size_t i) const {
+    const V tp = simd::fma(src.template at<V>(i), V(keep), V(add));
+    if constexpr (Weighted) {
+      return V(simd::load<V>(cw + i) * tp);
+    } else {
+      return tp;
+    }
+  }
+  // Index i of a recorded row (chunk coefficients a = alpha_k, f = factor_k): its gradient
+  // (U q_i - u_i) / T and, for a source that keeps it, its softmax; reads ex[i] (the recorded
+  // row's exp) first. One explicit fma, so the compiler cannot contract it differently per source.
+  template <class V>
+  void put(const typename Scratch::Pending& d, const T* ex, T a, T f, std::size_t i) const {
+    const V exv = simd::load<V>(ex + i);
+    d.row.put(i, simd::fma(V(a), exv, V(-d.beta) * u_at<V>(d.src, i)));
+    if constexpr (Targets::keeps_softmax) d.src.keep(i, exv * V(f));
+  }
+  // Writes the recorded row as a pass of its own (the last row of a thread).
+  void flush(Scratch& w) const {
+    auto& d = w.pending;
+    if (!d.row) return;
+    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
+      simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) { put<typename decltype(tag)::type>(d, w.ex, d.alpha[k], d.f[k], i); });
+    });
+    d.row.end();
+    if (d.src.streams()) simd::stream_fence();
+  }
+
+  double operator()(Scratch& w, std::ptrdiff_t r, T* grad, double scale) const {
     const T* z = x.row(r);
     const auto src = t.row(r);
     T* ex = w.ex;
-    const T kp = keep, ad = add, it = inv_t;
-    const T* cwp = cw;
-    auto u_at = [=](auto tag, std::size_t i) {  // u_i = w_i t'_i
-      using V = typename decltype(tag)::type;
-      const V tp = simd::fma(src.template at<V>(i), V(kp), V(ad));
-      if constexpr (Weighted) {
-        return V(simd::load<V>(cwp + i) * tp);
-      } else {
-        return tp;
-      }
-    };
+    const T it = inv_t;
     ChunkedSoftmax<T>& sm = w.sm;
     sm.reset(n);
     const std::size_t chunks = chunk_count(n, chunk_elems<T>);
@@ -127,21 +160,30 @@ struct SoftCrossEntropyRow {
     w.dot.resize(chunks);
     w.shift.resize(chunks);
     RunningShift<T> running;
+    auto& d = w.pending;
+    const bool pout = bool(d.row);
     for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) LOSSKIT_LAMBDA_INLINE {
       std::array<double, 2> s;
+      const T pa = pout ? d.alpha[k] : T(0), pf = pout ? d.f[k] : T(0);
       const T m = exp_chunk<T>(
           sm, k, b, e, it, z, ex, running,
           [&](auto tag, std::size_t i, const auto& zv, const auto&, T shift) {
             using V = typename decltype(tag)::type;
             if constexpr (simd::is_batch<V>) src.prefetch(i + chunk_elems<T>);  // the targets stream in too
-            const V u = u_at(tag, i);
+            const V u = u_at<V>(src, i);
             return std::array<V, 2>{u, simd::where(u != V(T(0)), u * (zv - V(shift)))};
           },
-          s);
+          s, [&](auto tag, std::size_t i) {
+            if (pout) put<typename decltype(tag)::type>(d, ex, pa, pf, i);
+          });
       w.mass[k] = s[0];
       w.dot[k] = s[1];
       w.shift[k] = double(m) * double(it);
     });
+    if (pout) {
+      d.row.end();
+      if (d.src.streams()) simd::stream_fence();
+    }
     const double lse = sm.finish(false);
     double U = 0.0, loss = 0.0;
     for (std::size_t k = 0; k < chunks; ++k) {
@@ -149,27 +191,29 @@ struct SoftCrossEntropyRow {
       if (w.mass[k] != 0.0) loss += w.mass[k] * (lse - w.shift[k]);
       loss -= double(it) * w.dot[k];
     }
-    // The gradient (U q_j - u_j) / T and, for a source that keeps it, softmax(z) (T = 1 here).
+    // The gradient (U q_j - u_j) / T and, for a source that keeps it, softmax(z) (T = 1 here):
+    // recorded, written during the next row's loop (or flush()).
     const double a = scale * double(it);
-    const T beta = T(a);
-    const bool nt = streamable(grad, stream);
-    auto pass = [&](auto with_grad) {
+    d.alpha.resize(chunks);
+    d.f.resize(chunks);
+    for (std::size_t k = 0; k < chunks; ++k) {
+      d.alpha[k] = T(a * U * sm.factor_d(k));
+      d.f[k] = T(sm.factor_d(k));
+    }
+    d.beta = T(a);
+    d.src = src;
+    if (grad) {
+      d.row.start(grad, n, stream);
+    } else if constexpr (Targets::keeps_softmax) {  // no gradient: the softmax alone, now
       for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
-        const T alpha = T(a * U * sm.factor_d(k)), f = T(sm.factor_d(k));
+        const T f = d.f[k];
         simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) {
           using V = typename decltype(tag)::type;
-          const V exv = simd::load<V>(ex + i);
-          // (one explicit fma: the compiler may not contract it differently per source)
-          if constexpr (decltype(with_grad)::value) put_lanes(grad, i, simd::fma(V(alpha), exv, V(-beta) * u_at(tag, i)), nt);
-          if constexpr (Targets::keeps_softmax) src.keep(i, exv * V(f));
+          src.keep(i, simd::load<V>(ex + i) * V(f));
         });
       });
-      if (stream || src.streams()) simd::stream_fence();
-    };
-    if (grad)
-      pass(std::true_type{});
-    else if constexpr (Targets::keeps_softmax)
-      pass(std::false_type{});
+      if (src.streams()) simd::stream_fence();
+    }
     return loss;
   }
 };
@@ -201,9 +245,11 @@ inline LossResult run_soft_cross_entropy(const RowsView<const T>& x, const Targe
   const bool stream = streaming_output<T>(x.rows, x.cols);
   auto go = [&](auto weighted) {
     const SoftCrossEntropyRow<T, decltype(weighted)::value, Targets> row{x, targets, n, inv_t, keep, add, cw.data(), stream};
+    using Scratch = SoftCrossEntropyScratch<T, Targets>;
     return run_rows<T>(
-        plan, x.rows, g, [n] { return SoftCrossEntropyScratch<T>(n); },
-        [&row](SoftCrossEntropyScratch<T>& w, std::ptrdiff_t r, T* grad, double scale) { return row(w, r, grad, scale); });
+        plan, x.rows, g, [n] { return Scratch(n); },
+        [&row](Scratch& w, std::ptrdiff_t r, T* grad, double scale) { return row(w, r, grad, scale); },
+        [&row](Scratch& w) { row.flush(w); });
   };
   return cw.empty() ? go(std::false_type{}) : go(std::true_type{});
 }

@@ -204,9 +204,15 @@ struct RunningShift {
 // is prefetched. Records the chunk in `sm` and returns the shift used.
 // `v` may also be a function value(lanes<V>, i) -> V of the row's values (which prefetches what
 // it reads itself).
-template <class T, std::size_t K, class Row, class Extra>
+// `put(lanes<V>, i)` runs at every index before `out` is stored there, on the first try at the
+// chunk only (a pipelined kernel writes the previous row's gradient from `out` there).
+struct NoPut {
+  template <class Tag>
+  void operator()(Tag, std::size_t) const {}
+};
+template <class T, std::size_t K, class Row, class Extra, class Put = NoPut>
 inline T exp_chunk(ChunkedSoftmax<T>& sm, std::size_t k, std::size_t b, std::size_t e, T inv_t, const Row& v, T* out,
-                   RunningShift<T>& rs, Extra&& extra, std::array<double, K>& sums) {
+                   RunningShift<T>& rs, Extra&& extra, std::array<double, K>& sums, Put&& put = {}) {
   const T c = inv_t * simd::log2e<T>;
   auto value = [&v](auto tag, std::size_t i) {
     using V = typename decltype(tag)::type;
@@ -218,6 +224,8 @@ inline T exp_chunk(ChunkedSoftmax<T>& sm, std::size_t k, std::size_t b, std::siz
     }
   };
   rs.start(b, e, value);
+  constexpr bool puts = !std::is_same_v<std::decay_t<Put>, NoPut>;
+  bool first = true;
   for (;;) {
     const T sh = rs.shift;
     const auto s = simd::sum_lanes<T, K + 1>(b, e, [&](auto tag, std::size_t i) {
@@ -225,6 +233,9 @@ inline T exp_chunk(ChunkedSoftmax<T>& sm, std::size_t k, std::size_t b, std::siz
       const V x = value(tag, i);
       rs.see(x);
       const V ex = simd::exp2_ftz((x - V(sh)) * V(c));
+      if constexpr (puts) {
+        if (first) put(tag, i);
+      }
       if (out) simd::store(out + i, ex);
       return prepend_one(ex, extra(tag, i, x, ex, sh), std::make_index_sequence<K>{});
     });
@@ -234,6 +245,7 @@ inline T exp_chunk(ChunkedSoftmax<T>& sm, std::size_t k, std::size_t b, std::siz
       for (std::size_t j = 0; j < K; ++j) sums[j] = s[j + 1];
       return sh;
     }
+    first = false;
     rs.retry();
   }
 }
