@@ -6,6 +6,7 @@
 
 #include "test_support.hpp"
 
+#include <limits>
 #include <cstdint>
 #include <functional>
 #include <random>
@@ -155,6 +156,35 @@ void labeled_row_options(const LabeledFn<T, O>& fn, O o) {
     fn(xg, y, &xg, o);
     CHECK(xg == g);
   }
+}
+
+// Kernels that write a row's gradient during the next row's pass (pipelined rows): rows in a
+// matrix give each row's gradient alone, bit for bit (sum reduction), with non-temporal stores
+// (72 x 32000 floats), an ignored row and a -inf logit among them; in place on two threads too.
+// `prepare(x, y)` may set up rows of the kernel's own (e.g. a -inf target).
+template <class O, class Prepare = void (*)(RowMatrix<float>&, Labels64&)>
+void check_rows_alone(const LabeledFn<float, O>& fn, O o, Prepare prepare = [](RowMatrix<float>&, Labels64&) {}) {
+  const int rows = 72, cols = 32000;
+  auto x = random_logits<float>(rows, cols, 77);
+  auto y = random_labels(rows, cols, 78);
+  x(6, 17) = -std::numeric_limits<float>::infinity();
+  y[9] = o.ignore_index;
+  prepare(x, y);
+  o.reduction = losskit::Reduction::sum;
+  RowMatrix<float> g(rows, cols), alone(rows, cols);
+  fn(x, y, &g, o);
+  for (int r = 0; r < rows; ++r) {
+    RowMatrix<float> one(1, cols);
+    const Labels64 yr{y[std::size_t(r)]};
+    fn(RowMatrix<float>(x.row(r)), yr, &one, o);
+    alone.row(r) = one.row(0);
+  }
+  CHECK(g == alone);
+  CHECK(g.row(9).cwiseAbs().maxCoeff() == 0.0f);
+  RowMatrix<float> xg = x;
+  o.threads = 2;
+  fn(xg, y, &xg, o);
+  CHECK(xg == g);
 }
 
 template <class Exception, class Fn>

@@ -562,3 +562,17 @@ TEST_CASE("AdaptiveLDR: errors name the function, the argument and the value", "
   CHECK(g.cwiseAbs().maxCoeff() == 7.f);
   CHECK(a.state() == std::vector<double>(3, 1.0));
 }
+
+// The raw form writes a row's gradient during the next row's streaming pass (ldr_kl, and
+// AdaptiveLDR without a lambda step).
+TEST_CASE("ldr_kl and AdaptiveLDR, raw scores: pipelined rows equal rows alone", "[ldr_kl][aldr][large]") {
+  LdrKlOptions o;
+  o.normalize = false;
+  o.margin = 0.5;
+  o.lambda = 2.0;
+  lktest::check_rows_alone<LdrKlOptions>(ldr_fn<float>(), o);
+  AdaptiveLdrOptions ao;
+  ao.normalize = false;
+  ao.update = false;
+  lktest::check_rows_alone<AdaptiveLdrOptions>(aldr_fn<float>(AdaptiveLDR(72, 2.0)), ao);
+}

@@ -67,6 +67,7 @@
 
 #include "losskit/core/checks.hpp"
 #include "losskit/core/labeled.hpp"
+#include "losskit/core/pending.hpp"
 #include "losskit/core/rows.hpp"
 #include "losskit/core/scratch.hpp"
 #include "losskit/core/simd.hpp"
@@ -157,12 +158,28 @@ struct LdrScratch {
   T* e;  // exps
   T* x;  // softplus(z) (softplus_l1)
   T* d;  // sigmoid(z)  (softplus_l1)
-  ChunkedSoftmax<T> sm;  // ldr_kl's raw form: the statistics of softmax(u / lambda)
+  ChunkedSoftmax<T> sm;  // the raw form: the statistics of softmax(u / lambda)
+  // The raw form's gradient, alpha_k e_i over chunk k (the target entry apart), recorded by a
+  // row and written during the next row's loop (which reads e_i before it stores its own), or
+  // by flush() (pipelined rows, as the divergences').
+  PendingRow<T> pending;
+  std::vector<T> alpha;
   LdrScratch(std::size_t n, LdrNorm norm) {
     const bool sp = norm == LdrNorm::softplus_l1;
     e = scratch<T>(sp ? 3 * n : n);
     x = sp ? e + n : nullptr;
     d = sp ? e + 2 * n : nullptr;
+  }
+  template <class V>
+  void put(T a, std::size_t i) const {
+    pending.put(i, V(a) * simd::load<V>(e + i));
+  }
+  void flush() {
+    if (!pending) return;
+    for_chunks<T>(pending.n, [&](std::size_t k, std::size_t b, std::size_t end) {
+      simd::for_lanes<T>(b, end, [&](auto tag, std::size_t i) { put<typename decltype(tag)::type>(alpha[k], i); });
+    });
+    pending.end();
   }
 };
 
@@ -286,10 +303,11 @@ struct LdrRow {
     return lambda * (lse - std::log(double(n))) - yh_y;
   }
 
-  // ldr_kl's raw form (scores = logits) in one streaming pass: softmax(u / lambda) of
-  // u_k = z_k + c (k != y), u_y = z_y by the running-maximum loop (core/softmax.hpp), exps into
-  // the scratch row; then, with a gradient, one pass over that row (L2) writes it. The target's
-  // probability and its gradient entry are taken in double from lse. Returns the row's loss.
+  // The raw form (scores = logits) in one streaming pass: softmax(u / lambda) of u_k = z_k + c
+  // (k != y), u_y = z_y by the running-maximum loop (core/softmax.hpp), exps into the scratch
+  // row, the previous row's recorded gradient written in the same loop; this row's gradient is
+  // recorded (LdrScratch::pending). The target's probability and its gradient entry are taken
+  // in double from lse. Returns the row's loss.
   double raw(double lambda, double margin, T* grad, double scale, bool stream) {
     ChunkedSoftmax<T>& sm = w.sm;
     sm.reset(n);
@@ -303,27 +321,26 @@ struct LdrRow {
       return simd::map_index(V(simd::load<V>(zp + i) + V(cm)), i, ty, [zy](T) { return zy; });  // no margin at y
     };
     const T inv_l = T(1.0 / lambda);
+    const LdrScratch<T>& pw = w;
+    const bool pout = bool(w.pending);
     for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) LOSSKIT_LAMBDA_INLINE {
       std::array<double, 0> none;
+      const T pa = pout ? w.alpha[k] : T(0);
       exp_chunk<T>(
           sm, k, b, e, inv_l, u, w.e, running,
           [](auto tag, std::size_t, const auto&, const auto&, T) { return std::array<typename decltype(tag)::type, 0>{}; },
-          none);
+          none, [&](auto tag, std::size_t i) {
+            if (pout) pw.template put<typename decltype(tag)::type>(pa, i);
+          });
     });
+    if (pout) w.pending.end();
     lse = sm.finish(false);  // log sum_k exp(u_k / lambda)
     yh_y = double(zy);
     pi_y = std::exp(yh_y / lambda - lse);
-    if (grad) {
-      const T* e_in = w.e;
-      for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
-        const T alpha = T(scale * sm.factor_d(k));
-        store_row<T>(grad, b, e, stream, [&](auto tag, std::size_t i) {
-          using V = typename decltype(tag)::type;
-          return V(alpha) * simd::load<V>(e_in + i);
-        });
-      });
-      if (stream) simd::stream_fence();
-      grad[y] = T(scale * (pi_y - 1.0));  // after the fence
+    if (grad) {  // recorded; the target entry in double, set last
+      w.alpha.resize(chunk_count(n, chunk_elems<T>));
+      for (std::size_t k = 0; k < w.alpha.size(); ++k) w.alpha[k] = T(scale * sm.factor_d(k));
+      w.pending.start(grad, n, stream, y, T(scale * (pi_y - 1.0)));
     }
     return lambda * (lse - std::log(double(n))) - yh_y;
   }
@@ -396,7 +413,8 @@ inline LossResult ldr_kl_impl(const X& logits, const Labels& labels, G* grad, co
   const std::size_t n = std::size_t(v.x.cols);
   return run_rows<T>(
       plan, v.x.rows, v.g, [n, norm] { return LdrScratch<T>(n, norm); },
-      [&row](LdrScratch<T>& w, std::ptrdiff_t r, T* g, double scale) { return row(w, r, g, scale); });
+      [&row](LdrScratch<T>& w, std::ptrdiff_t r, T* g, double scale) { return row(w, r, g, scale); },
+      [](LdrScratch<T>& w) { w.flush(); });
 }
 
 }  // namespace detail
@@ -511,6 +529,7 @@ class AdaptiveLDR {
           double& state = lam[std::size_t(ids[std::size_t(r)])];
           double lambda = state;
           const bool raw = norm == detail::LdrNorm::none;
+          if (o.update) w.flush();             // the step's passes overwrite the scratch row
           if (o.update || !raw) row.scores();  // raw scores without a step: one pass (raw())
           if (o.update) {
             lambda = l0 - l0 * row.kl_to_uniform(lambda) / (o.alpha * log_k);
@@ -521,7 +540,8 @@ class AdaptiveLDR {
           const double loss = row.value(lambda, o.margin) - penalty;
           if (g) row.gradient(g, scale, stream);
           return loss;
-        });
+        },
+        [](detail::LdrScratch<T>& w) { w.flush(); });
   }
 
   double lambda0_;
