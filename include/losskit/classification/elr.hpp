@@ -29,7 +29,9 @@
 // stored exps for sum(p) (update only), one over the exps and the table row that writes the
 // updated row and sums s and s_U from the stored values (so update = true and a later
 // update = false call see the same numbers) while the next row's logits and target row are
-// prefetched, and one writing the gradient. The target's gradient entry is computed in double.
+// prefetched; the gradient is written during the next row's pass over the logits (pipelined
+// rows, as the divergences'), the last row's after it. The target's gradient entry is computed
+// in double.
 // Memory: besides the logits and the gradient, each row reads and writes one target row, so
 // ELR moves twice the bytes of a logits-in, gradient-out kernel.
 
@@ -39,9 +41,11 @@
 #include <istream>
 #include <ostream>
 #include <type_traits>
+#include <vector>
 
 #include "losskit/core/checks.hpp"
 #include "losskit/core/labeled.hpp"
+#include "losskit/core/pending.hpp"
 #include "losskit/core/rows.hpp"
 #include "losskit/core/scratch.hpp"
 #include "losskit/core/simd.hpp"
@@ -72,7 +76,32 @@ template <class T>
 struct ElrScratch {
   T* e;  // exps of the row, relative to each chunk's shift (core/softmax.hpp)
   ChunkedSoftmax<T> sm;
+  // A row's gradient g = sc q (1 + ls - [q in U] l t), q = e f_k, recorded and written during
+  // the next row's exp loop (which reads e_i before it stores its own; the next row changes a
+  // target row only after that loop, so a repeated sample id reads its row as this row left it),
+  // or by flush() (pipelined rows, as the divergences'); the target entry apart (PendingRow).
+  struct Pending {
+    PendingRow<T> row;
+    const T* t = nullptr;
+    std::vector<T> f;
+    T ls = T(0), l = T(0), sc = T(0), lo = T(0), hi = T(0);
+  } pending;
   explicit ElrScratch(std::size_t n) : e(scratch<T>(n)) {}
+
+  template <class V>
+  void put(std::size_t k, std::size_t i) const {
+    const Pending& d = pending;
+    const V q = simd::load<V>(e + i) * V(d.f[k]);
+    const auto in_u = (q >= V(d.lo)) & (q <= V(d.hi));
+    d.row.put(i, V(d.sc) * q * (V(T(1)) + V(d.ls) - simd::where(in_u, V(d.l) * simd::load<V>(d.t + i))));
+  }
+  void flush() {
+    if (!pending.row) return;
+    for_chunks<T>(pending.row.n, [&](std::size_t k, std::size_t b, std::size_t end) {
+      simd::for_lanes<T>(b, end, [&](auto tag, std::size_t i) { put<typename decltype(tag)::type>(k, i); });
+    });
+    pending.row.end();
+  }
 };
 
 template <class T>
@@ -92,7 +121,13 @@ struct ElrRow {
     T* t = table + std::size_t(ids[std::size_t(r)]) * n;
     ChunkedSoftmax<T>& sm = w.sm;
     T* ex = w.e;
-    exps_of_row(sm, z, n, T(1), ex);
+    // the previous row's gradient goes out in this row's exp loop
+    const ElrScratch<T>& pw = w;
+    const bool pout = bool(w.pending.row);
+    exps_of_row(sm, z, n, T(1), ex, [&pw, pout](auto tag, std::size_t k, std::size_t i) {
+      if (pout) pw.template put<typename decltype(tag)::type>(k, i);
+    });
+    if (pout) w.pending.row.end();
     const double lse = sm.finish(false);
     const T lo = T(eps), hi = T(1.0 - eps);
 
@@ -147,25 +182,23 @@ struct ElrRow {
     const double ce = lse - double(z[y]);
     const double loss = ce + lambda * std::log1p(-s);
 
-    if (grad) {  // g = q (1 + lam (s_U - t [k in U])) - e_y,  lam = lambda / (1 - s)
+    if (grad) {  // g = q (1 + lam (s_U - t [k in U])) - e_y,  lam = lambda / (1 - s): recorded
       const double lam = lambda / (1.0 - s);
-      const T ls = T(lam * s_u), l = T(lam), sc = T(scale);
-      for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
-        const T f = sm.factor(k);
-        store_row<T>(grad, b, e, stream, [&](auto tag, std::size_t i) {  // fenced below
-          using V = typename decltype(tag)::type;
-          const V q = simd::load<V>(ex + i) * V(f);
-          const auto in_u = (q >= V(lo)) & (q <= V(hi));
-          return V(sc) * q * (V(T(1)) + V(ls) - simd::where(in_u, V(l) * simd::load<V>(t + i)));
-        });
-      });
-      if (stream) simd::stream_fence();
-      // the target entry in double, rounded once; membership tested as the vector pass does
+      auto& d = w.pending;
+      d.t = t;
+      d.ls = T(lam * s_u);
+      d.l = T(lam);
+      d.sc = T(scale);
+      d.lo = lo;
+      d.hi = hi;
+      d.f.resize(chunk_count(n, chunk_elems<T>));
+      for (std::size_t k = 0; k < d.f.size(); ++k) d.f[k] = sm.factor(k);
+      // the target entry in double, rounded once, set last; membership tested as the vector pass does
       const std::size_t ky = y / chunk_elems<T>;
       const double q_y = double(ex[y]) * sm.factor_d(ky);
       const T q_yt = ex[y] * sm.factor(ky);
       const double ty = q_yt >= lo && q_yt <= hi ? double(t[y]) : 0.0;
-      grad[y] = T(scale * (q_y * (1.0 + lam * (s_u - ty)) - 1.0));
+      d.row.start(grad, n, stream, y, T(scale * (q_y * (1.0 + lam * (s_u - ty)) - 1.0)));
     }
     return loss;
   }
@@ -269,7 +302,8 @@ class ELR {
                                  detail::streaming_output<T>(v.x.rows, v.x.cols)};
     return detail::run_rows<T>(
         plan, v.x.rows, v.g, [n] { return detail::ElrScratch<T>(n); },
-        [&row](detail::ElrScratch<T>& w, std::ptrdiff_t r, T* g, double scale) { return row(w, r, g, scale); });
+        [&row](detail::ElrScratch<T>& w, std::ptrdiff_t r, T* g, double scale) { return row(w, r, g, scale); },
+        [](detail::ElrScratch<T>& w) { w.flush(); });
   }
 
   RowMatrix<T> targets_;

@@ -253,16 +253,18 @@ inline T exp_chunk(ChunkedSoftmax<T>& sm, std::size_t k, std::size_t b, std::siz
 // The whole row through exp_chunk with no sums of a kernel's own: ex_i = exp((z_i - m_k) / T)
 // and the statistics in sm (reset here; finish() is the caller's). ex must not alias z (a
 // redone chunk reads z again).
-template <class T>
-inline void exps_of_row(ChunkedSoftmax<T>& sm, const T* z, std::size_t n, T inv_t, T* ex) {
+// put(lanes<V>, k, i): exp_chunk's hook, with the chunk's index.
+template <class T, class Put = NoPut>
+inline void exps_of_row(ChunkedSoftmax<T>& sm, const T* z, std::size_t n, T inv_t, T* ex, Put&& put = {}) {
   sm.reset(n);
   RunningShift<T> running;
   for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) LOSSKIT_LAMBDA_INLINE {
     std::array<double, 0> none;
-    exp_chunk<T>(
-        sm, k, b, e, inv_t, z, ex, running,
-        [](auto tag, std::size_t, const auto&, const auto&, T) { return std::array<typename decltype(tag)::type, 0>{}; },
-        none);
+    auto no_sums = [](auto tag, std::size_t, const auto&, const auto&, T) { return std::array<typename decltype(tag)::type, 0>{}; };
+    if constexpr (std::is_same_v<std::decay_t<Put>, NoPut>)
+      exp_chunk<T>(sm, k, b, e, inv_t, z, ex, running, no_sums, none);
+    else
+      exp_chunk<T>(sm, k, b, e, inv_t, z, ex, running, no_sums, none, [&put, k](auto tag, std::size_t i) { put(tag, k, i); });
   });
 }
 
