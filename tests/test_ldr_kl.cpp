@@ -563,16 +563,27 @@ TEST_CASE("AdaptiveLDR: errors name the function, the argument and the value", "
   CHECK(a.state() == std::vector<double>(3, 1.0));
 }
 
-// The raw form writes a row's gradient during the next row's streaming pass (ldr_kl, and
-// AdaptiveLDR without a lambda step).
-TEST_CASE("ldr_kl and AdaptiveLDR, raw scores: pipelined rows equal rows alone", "[ldr_kl][aldr][large]") {
+// Every form writes a row's gradient during the next row's first loop over the logits (the raw
+// form's streaming pass, the normalised forms' score pass).
+TEST_CASE("ldr_kl and AdaptiveLDR: pipelined rows equal rows alone", "[ldr_kl][aldr][large]") {
   LdrKlOptions o;
-  o.normalize = false;
   o.margin = 0.5;
   o.lambda = 2.0;
-  lktest::check_rows_alone<LdrKlOptions>(ldr_fn<float>(), o);
+  for (const bool normalize : {false, true}) {
+    CAPTURE(normalize);
+    o.normalize = normalize;
+    lktest::check_rows_alone<LdrKlOptions>(ldr_fn<float>(), o);
+  }
   AdaptiveLdrOptions ao;
-  ao.normalize = false;
-  ao.update = false;
-  lktest::check_rows_alone<AdaptiveLdrOptions>(aldr_fn<float>(AdaptiveLDR(72, 2.0)), ao);
+  for (const int form : {0, 1, 2}) {  // raw; L1; softplus + L1
+    ao.normalize = form > 0;
+    ao.softplus = form == 2;
+    for (const bool update : {false, true}) {
+      CAPTURE(form, update);
+      ao.update = update;
+      // (the L1 form without softplus needs finite logits)
+      lktest::check_rows_alone<AdaptiveLdrOptions>(
+          aldr_fn<float>(AdaptiveLDR(72, 2.0)), ao, [](RowMatrix<float>&, Labels64&) {}, form != 1);
+    }
+  }
 }
