@@ -25,8 +25,10 @@
 // Numerics: one streaming pass per row in chunks of 8 KiB (one loop per chunk storing the exps
 // in a scratch row and summing U and sum_i u_i (z_i - m_k) relative to the chunk's shift m_k,
 // the running maximum of the row (core/softmax.hpp exp_chunk), so large logits do not cancel
-// against lse), then one pass writing the gradient from the
-// scratch row and the targets (re-read from cache). `grad` may be the logits or the targets.
+// against lse). The gradient, from the scratch row and the targets (re-read from cache), is
+// written during the next row's loop (pipelined rows: at each index the previous row's exp is
+// read before this row's is stored), the last row's after it. `grad` may be the logits or the
+// targets.
 
 #include <array>
 #include <cmath>

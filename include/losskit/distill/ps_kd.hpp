@@ -14,9 +14,14 @@
 // E - 1, alpha_t stays at alpha_T (the reference never runs past E).
 //
 // ProgressiveTargets holds the table (N x C, scalar type T, float by default as in the
-// reference) and builds the targets of a batch; `loss()` does a whole step: targets (built in
-// the gradient buffer, which soft_cross_entropy then overwrites; in a workspace when the
-// gradient is the logits or absent), table update, soft cross entropy and its gradient.
+// reference) and builds the targets of a batch; `loss()` does a whole step: targets, table
+// update, soft cross entropy and its gradient. With distinct sample indices, logits of the
+// table's type and T = 1 (the common case) that is one pass: soft_cross_entropy reads the
+// targets straight from the table (detail::ProgressiveSource) and stores each row's softmax
+// back while it writes the gradient, bit for bit what the three-pass path gives. Otherwise the
+// targets are built first (in the gradient buffer, which soft_cross_entropy then overwrites; in
+// a workspace when the gradient is the logits or absent) and the table is updated before the
+// loss.
 // Labels must be classes in [0, C) (no ignore_index: every sample has a label), indices in
 // [0, N) (std::out_of_range otherwise); a batch may repeat an index: its targets come from the
 // table as it was before the call, and the last of its rows is stored. The table work (targets,
