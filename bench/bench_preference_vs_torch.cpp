@@ -12,10 +12,6 @@
 //            dpo_inplace: the gradient overwrites the policy logits;
 //            dpo_onecall: policy and reference log-probs from one call (one pass over both, which
 //            also computes the full-vocabulary KL term);
-//            dpo_unscaled: the other pass structure, in place (the forward overwrites the policy
-//            logits with their exps, then every row is turned into d_sum[b] (onehot - softmax)),
-//            built from losskit's internals to compare the two structures; compare it with
-//            dpo_inplace
 //   eigen    log_softmax matrices with Eigen array expressions, gather, DPO, gradient
 //   torch    log_softmax + gather + DPO + autograd backward (libtorch, when built with it)
 // Shape 8192 x 32000, threads 1 and 2. bench/report.py turns the JSON output into ratios:
@@ -145,11 +141,15 @@ void BM_losskit(benchmark::State& st, Variant v) {
   const auto layout = losskit::SequenceLayout::fixed(kSeqs, kLen);
   losskit::SequenceLogprobOptions o;
   o.threads = int(st.range(2));
-  if (v == Variant::inplace) in.grad = in.policy;  // the "policy logits" this variant overwrites
   const RowMatrixXf& policy = v == Variant::inplace ? in.grad : in.policy;
   Eigen::VectorXd d_sum;
   double loss = 0.0;
   for (auto _ : st) {
+    if (v == Variant::inplace) {  // the "policy logits" this variant overwrites, fresh each time
+      st.PauseTiming();
+      in.grad = in.policy;
+      st.ResumeTiming();
+    }
     losskit::SequenceLogprobs pi;
     if (v == Variant::one_call) {  // policy and reference in one pass (also gives the KL term)
       pi = losskit::sequence_logprobs(policy, in.ref, in.targets, layout, o);
@@ -163,68 +163,6 @@ void BM_losskit(benchmark::State& st, Variant v) {
       losskit::sequence_logprobs_backward(policy, in.targets, layout, d_sum, in.grad, o);
     else
       losskit::sequence_logprobs_backward(policy, in.targets, layout, d_sum, in.grad, o, pi);
-    benchmark::DoNotOptimize(d_sum.data());
-    benchmark::ClobberMemory();
-  }
-  set_counters(st, loss);
-}
-
-// The other pass structure, in place: the forward overwrites each policy row with its exps
-// e_i = exp(z_i - shift_k) (chunk k; the statistics are ChunkedSoftmax's), keeping the target's
-// log-prob and the per-chunk factors; after the DPO scalar one more pass turns the row into
-// d_sum[b] (onehot - e_i factor_k). Two exps per element pair instead of three, one more read
-// and write of the gradient. Built from losskit's internals, for this comparison only.
-void BM_unscaled(benchmark::State& st) {
-  namespace d = losskit::detail;
-  auto& in = inputs();
-  const auto layout = losskit::SequenceLayout::fixed(kSeqs, kLen);
-  losskit::SequenceLogprobOptions o;
-  o.threads = int(st.range(2));
-  const std::size_t n = std::size_t(kVocab), chunks = d::chunk_count(n, d::chunk_elems<float>);
-  std::vector<double> logp(static_cast<std::size_t>(kRows)), factor(std::size_t(kRows) * chunks);
-  Eigen::VectorXd pi_sum(kSeqs), d_sum;
-  in.grad = in.policy;  // the "policy logits" this variant overwrites
-  double loss = 0.0;
-  for (auto _ : st) {
-    d::parallel_ranges(kRows, o.threads, [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
-      d::ChunkedSoftmax<float> sm;
-      std::array<double, 0> none;
-      for (std::ptrdiff_t r = b; r < e; ++r) {
-        float* g = in.grad.row(r).data();
-        const float zy = g[in.targets[std::size_t(r)]];
-        sm.reset(n);
-        d::RunningShift<float> running;  // the row's running maximum (core/softmax.hpp)
-        d::for_chunks<float>(n, [&](std::size_t k, std::size_t cb, std::size_t ce) {
-          d::exp_chunk<float>(sm, k, cb, ce, 1.0f, g, g, running,
-                              [](auto tag, std::size_t, const auto&, const auto&, float) {
-                                return std::array<typename decltype(tag)::type, 0>{};
-                              },
-                              none);
-        });
-        logp[std::size_t(r)] = double(zy) - sm.finish(false);
-        for (std::size_t k = 0; k < chunks; ++k) factor[std::size_t(r) * chunks + k] = sm.factor_d(k);
-      }
-    });
-    for (std::int64_t q = 0; q < kSeqs; ++q) {
-      pi_sum[q] = 0.0;
-      for (std::int64_t r = q * kLen; r < (q + 1) * kLen; ++r) pi_sum[q] += logp[std::size_t(r)];
-    }
-    const auto rho = losskit::sequence_logprobs(in.ref, in.targets, layout, o);
-    loss = sigmoid_dpo(pi_sum, rho.sum, d_sum);
-    d::parallel_ranges(kRows, o.threads, [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
-      for (std::ptrdiff_t r = b; r < e; ++r) {
-        float* g = in.grad.row(r).data();
-        const double dr = d_sum[r / kLen];
-        d::for_chunks<float>(n, [&](std::size_t k, std::size_t cb, std::size_t ce) {
-          const float a = float(-dr * factor[std::size_t(r) * chunks + k]);
-          d::store_row<float>(g, cb, ce, false, [&](auto tag, std::size_t i) {
-            using V = typename decltype(tag)::type;
-            return V(a) * losskit::simd::load<V>(g + i);
-          });
-        });
-        g[in.targets[std::size_t(r)]] = float(-dr * std::expm1(logp[std::size_t(r)]));
-      }
-    });
     benchmark::DoNotOptimize(d_sum.data());
     benchmark::ClobberMemory();
   }
@@ -306,7 +244,6 @@ const int registered = [] {
   register_grid("dpo_recompute/losskit", kShape, {1, 2}, BM_losskit, Variant::recompute);
   register_grid("dpo_inplace/losskit", kShape, {1, 2}, BM_losskit, Variant::inplace);
   register_grid("dpo_onecall/losskit", kShape, {1, 2}, BM_losskit, Variant::one_call);
-  register_grid("dpo_unscaled/losskit", kShape, {1, 2}, BM_unscaled);
   register_grid("dpo/eigen", kShape, {1}, BM_eigen);
 #if LOSSKIT_HAVE_TORCH
   register_grid("dpo/torch", kShape, {1, 2}, BM_torch);
