@@ -228,6 +228,39 @@ TEST_CASE("ProgressiveTargets::loss, distinct indices: one pass, same bits as th
   CHECK(a.predictions() == b.predictions());
 }
 
+// The paths that keep the three passes with distinct indices: T != 1 (the prediction stays the
+// softmax at T = 1) and logits of another type than the table's.
+TEST_CASE("ProgressiveTargets::loss: T != 1 and mixed types keep the built-targets path", "[ps_kd]") {
+  const int rows = 4, classes = 300;
+  const std::vector<std::int64_t> idx{3, 1, 4, 0}, y{5, 299, 0, 150};
+  const auto z0 = lktest::random_logits<float>(rows, classes, 11), z1 = lktest::random_logits<float>(rows, classes, 12);
+  ProgressiveTargets<float> pt(5, classes);
+  pt.update(idx, z0);
+  const RowMatrix<double> p1 = softmax_rows(z1.cast<double>());
+  SECTION("temperature 2") {
+    losskit::SoftCrossEntropyOptions o;
+    o.temperature = 2.0;
+    const RowMatrix<float> targets = pt.targets(idx, y, 4);
+    RowMatrix<float> want_g(rows, classes), g(rows, classes);
+    const double want = losskit::soft_cross_entropy(z1, targets, want_g, o).value;
+    CHECK(pt.loss(z1, idx, y, 4, g, o).value == want);
+    CHECK(g == want_g);
+    for (int b = 0; b < rows; ++b)
+      CHECK((pt.predictions().row(idx[std::size_t(b)]).cast<double>() - p1.row(b)).cwiseAbs().maxCoeff() <= 1e-6);
+  }
+  SECTION("double logits, float table") {
+    const RowMatrix<double> zd = z1.cast<double>();
+    RowMatrix<double> targets(rows, classes);  // built in double from the float table
+    pt.targets(idx, y, 4, targets);
+    RowMatrix<double> want_g(rows, classes), g(rows, classes);
+    const double want = losskit::soft_cross_entropy(zd, targets, want_g).value;
+    CHECK(pt.loss(zd, idx, y, 4, g).value == want);
+    CHECK(g == want_g);
+    for (int b = 0; b < rows; ++b)
+      CHECK((pt.predictions().row(idx[std::size_t(b)]).cast<double>() - p1.row(b)).cwiseAbs().maxCoeff() <= 1e-6);
+  }
+}
+
 TEST_CASE("ProgressiveTargets::loss: gradient matches central differences", "[ps_kd][fd]") {
   const int classes = GENERATE(1, 3, 17, 200);
   const double eps = GENERATE(0.0, 0.1);
