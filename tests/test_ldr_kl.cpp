@@ -587,3 +587,43 @@ TEST_CASE("ldr_kl and AdaptiveLDR: pipelined rows equal rows alone", "[ldr_kl][a
     }
   }
 }
+
+// The raw form joins the target's term in double at the scale of the exp loop: a dominant target
+// with a small lambda (the loss is a near-cancellation of lambda lse and z_y, the target's
+// gradient entry pi_y - 1 nearly 0) and margins much larger than the logits stay at float
+// accuracy. (A review found pi_y computed at the exact 1 / lambda against an lse at 1 / lambda
+// rounded to float: a target entry of +2.5e-5 for z = (20, 0, 0), lambda = 0.03, where it is ~0.)
+TEST_CASE("ldr_kl raw form: dominant target, small lambda, large margin", "[ldr_kl]") {
+  struct Case { std::vector<float> z; double lambda, margin; };
+  const std::vector<Case> cases{{{20, 0, 0}, 0.03, 1.0},   {{200, 0, 0}, 0.03, 1.0}, {{30, 0}, 1.8e-4, 1.0},
+                                {{3, 1, -2}, 0.5, 1000.0}, {{0.5f, 0.25f, 2}, 0.1, 10.0}};
+  for (const auto& c : cases) {
+    CAPTURE(c.z, c.lambda, c.margin);
+    const auto cols = Eigen::Index(c.z.size());
+    RowMatrix<float> x(1, cols);
+    for (Eigen::Index j = 0; j < cols; ++j) x(0, j) = c.z[std::size_t(j)];
+    const Labels64 y{0};
+    LdrKlOptions o;
+    o.normalize = false;
+    o.lambda = c.lambda;
+    o.margin = c.margin;
+    RowMatrix<float> g(1, cols);
+    const double v = losskit::ldr_kl(x, y, g, o).value;
+    // long double: L = lambda log(mean exp(v / lambda)), grad = softmax(v / lambda) - e_y
+    std::vector<ld> vk(static_cast<std::size_t>(cols));
+    ld m = -std::numeric_limits<ld>::infinity();
+    for (Eigen::Index j = 0; j < cols; ++j) {
+      vk[std::size_t(j)] = (j == 0 ? 0.0L : ld(c.margin)) + ld(x(0, j)) - ld(x(0, 0));
+      m = std::max(m, vk[std::size_t(j)] / ld(c.lambda));
+    }
+    ld sum = 0;
+    for (const ld t : vk) sum += std::exp(t / ld(c.lambda) - m);
+    const ld want = ld(c.lambda) * (m + std::log(sum) - std::log(ld(cols)));
+    CHECK_THAT(v, Catch::Matchers::WithinAbs(double(want), 1e-6 * std::max(1.0, std::fabs(double(want)))));
+    for (Eigen::Index j = 0; j < cols; ++j) {
+      const ld p = std::exp(vk[std::size_t(j)] / ld(c.lambda) - m) / sum - (j == 0 ? 1.0L : 0.0L);
+      CHECK_THAT(double(g(0, j)), Catch::Matchers::WithinAbs(double(p), 1e-6));
+    }
+    CHECK(g(0, 0) <= 0.0f);  // pi_y - 1 is never positive
+  }
+}

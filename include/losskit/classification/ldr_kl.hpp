@@ -41,10 +41,11 @@
 // A -inf target logit in the raw form gives loss +inf. NaN gives NaN.
 //
 // Numerics: raw scores (ldr_kl, and AdaptiveLDR without a lambda step) are one streaming pass
-// per row: softmax(u / lambda) of u_k = z_k + c (k != y), u_y = z_y through the running-maximum
-// loop of the other softmax kernels (core/softmax.hpp; exps into a scratch row), the target's
-// probability and gradient entry in double from the log-sum-exp, then one pass over the scratch
-// row (L2) writes the gradient. The normalised forms need the row's normaliser before any exp:
+// per row: the softmax statistics of the other classes' logits (the margin, common to all of
+// them, is not added in float) through the running-maximum loop of the other softmax kernels
+// (core/softmax.hpp; exps into a scratch row), then the target's term (z_y - c) / lambda joined in
+// double, with pi_y, 1 - pi_y (the target's gradient entry, without cancelling) and the loss all
+// at the scale the loop used; the gradient is written during the next row's loop. The normalised forms need the row's normaliser before any exp:
 // per row, one pass over the logits computes the scores' normaliser (softplus and its
 // sigmoid stored for the normalised form, the L1 norm otherwise) and the maximum over the other
 // classes, which fixes the log-sum-exp shift M = max_k u_k / lambda exactly; one exp pass stores
@@ -303,22 +304,23 @@ struct LdrRow {
     return lambda * (lse - std::log(double(n))) - yh_y;
   }
 
-  // The raw form (scores = logits) in one streaming pass: softmax(u / lambda) of u_k = z_k + c
-  // (k != y), u_y = z_y by the running-maximum loop (core/softmax.hpp), exps into the scratch
-  // row, the previous row's recorded gradient written in the same loop; this row's gradient is
-  // recorded (LdrScratch::pending). The target's probability and its gradient entry are taken
-  // in double from lse. Returns the row's loss.
+  // The raw form (scores = logits) in one streaming pass over the row (the other classes'
+  // exps into the scratch row, the previous row's recorded gradient written in the same loop);
+  // this row's gradient is recorded (LdrScratch::pending). Returns the row's loss.
   double raw(double lambda, double margin, T* grad, double scale, bool stream) {
     ChunkedSoftmax<T>& sm = w.sm;
     sm.reset(n);
     RunningShift<T> running;
     const T* zp = z;
-    const T cm = T(margin), zy = z[y];
+    const T zy = z[y];
     const std::size_t ty = y;
-    auto u = [=](auto tag, std::size_t i) {
+    // softmax(u / lambda) = softmax(w / lambda) with w = z - c e_y (a constant c added to every
+    // class changes nothing): the loop takes the other classes' logits as they are (no margin
+    // rounded into them) and leaves the target out; its term joins in double below.
+    auto others = [=](auto tag, std::size_t i) {
       using V = typename decltype(tag)::type;
       if constexpr (simd::is_batch<V>) simd::prefetch(zp + i + chunk_elems<T>);
-      return simd::map_index(V(simd::load<V>(zp + i) + V(cm)), i, ty, [zy](T) { return zy; });  // no margin at y
+      return simd::map_index(V(simd::load<V>(zp + i)), i, ty, [](T) { return -std::numeric_limits<T>::infinity(); });
     };
     const T inv_l = T(1.0 / lambda);
     const LdrScratch<T>& pw = w;
@@ -327,22 +329,36 @@ struct LdrRow {
       std::array<double, 0> none;
       const T pa = pout ? w.alpha[k] : T(0);
       exp_chunk<T>(
-          sm, k, b, e, inv_l, u, w.e, running,
+          sm, k, b, e, inv_l, others, w.e, running,
           [](auto tag, std::size_t, const auto&, const auto&, T) { return std::array<typename decltype(tag)::type, 0>{}; },
           none, [&](auto tag, std::size_t i) {
             if (pout) pw.template put<typename decltype(tag)::type>(pa, i);
           });
     });
     if (pout) w.pending.end();
-    lse = sm.finish(false);  // log sum_k exp(u_k / lambda)
+    // Everything at the scale the loop used (1/lambda rounded to T), so the pieces agree:
+    //   lse_o = log sum_{k != y} exp(z_k / lambda),  t_y = (z_y - c) / lambda,
+    //   lse_w = log(exp(lse_o) + exp(t_y)),  pi_y = exp(t_y - lse_w),  1 - pi_y = exp(lse_o - lse_w)
+    //   L = lambda (lse_w - log K) + c - z_y   (lse of u / lambda = lse_w + c / lambda)
+    const double inv = double(inv_l), ninf = -std::numeric_limits<double>::infinity();
+    const double lse_o = sm.finish(false), t_y = (double(zy) - margin) * inv;
+    double lse_w;
+    if (std::isnan(lse_o) || std::isnan(t_y))
+      lse_w = lse_o + t_y;
+    else if (lse_o == ninf || t_y == ninf)
+      lse_w = std::max(lse_o, t_y);
+    else
+      lse_w = std::max(lse_o, t_y) + std::log1p(std::exp(-std::fabs(lse_o - t_y)));
+    const double rest = lse_o == ninf ? 0.0 : std::exp(lse_o - lse_w);  // 1 - pi_y, without cancelling
+    lse = lse_w + margin * inv;
     yh_y = double(zy);
-    pi_y = std::exp(yh_y / lambda - lse);
-    if (grad) {  // recorded; the target entry in double, set last
+    pi_y = std::exp(t_y - lse_w);
+    if (grad) {  // recorded; the target entry in double, -(1 - pi_y), set last
       w.alpha.resize(chunk_count(n, chunk_elems<T>));
-      for (std::size_t k = 0; k < w.alpha.size(); ++k) w.alpha[k] = T(scale * sm.factor_d(k));
-      w.pending.start(grad, n, stream, y, T(scale * (pi_y - 1.0)));
+      for (std::size_t k = 0; k < w.alpha.size(); ++k) w.alpha[k] = rest == 0.0 ? T(0) : T(scale * sm.factor_d(k) * rest);
+      w.pending.start(grad, n, stream, y, T(-scale * rest));
     }
-    return lambda * (lse - std::log(double(n))) - yh_y;
+    return (lse_w - std::log(double(n))) / inv + margin - yh_y;
   }
 
   // grad = scale * dL/dz (after value()).
