@@ -171,10 +171,26 @@ inline xsimd::batch<T, A> log(const xsimd::batch<T, A>& x) noexcept {
 inline float log(float x) noexcept { return std::log(x); }
 inline double log(double x) noexcept { return std::log(x); }
 
+// a b + c rounded once. xsimd 8.1 has no AVX-512 fma: its generic a * b + c leaves GCC free
+// to contract it (-ffp-contract=fast, the GNU default) into fma(a, b, c) in one place and,
+// where c is itself a product, into fma(c's factors, a b) in another - different bits for the
+// same formula written from two places (a pipelined row's gradient in the next row's loop and
+// in flush()). Where the instruction set has an fma, the intrinsic is called here.
 template <class T, class A>
 inline xsimd::batch<T, A> fma(const xsimd::batch<T, A>& a, const xsimd::batch<T, A>& b,
                               const xsimd::batch<T, A>& c) noexcept {
-  return xsimd::fma(a, b, c);
+  using B = xsimd::batch<T, A>;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(B) == 64 && std::is_same_v<T, float>) return B(_mm512_fmadd_ps(a, b, c));
+  if constexpr (sizeof(B) == 64 && std::is_same_v<T, double>) return B(_mm512_fmadd_pd(a, b, c));
+#endif
+#if defined(__FMA__)
+  if constexpr (sizeof(B) == 32 && std::is_same_v<T, float>) return B(_mm256_fmadd_ps(a, b, c));
+  if constexpr (sizeof(B) == 32 && std::is_same_v<T, double>) return B(_mm256_fmadd_pd(a, b, c));
+  if constexpr (sizeof(B) == 16 && std::is_same_v<T, float>) return B(_mm_fmadd_ps(a, b, c));
+  if constexpr (sizeof(B) == 16 && std::is_same_v<T, double>) return B(_mm_fmadd_pd(a, b, c));
+#endif
+  return B(xsimd::fma(a, b, c));
 }
 inline float fma(float a, float b, float c) noexcept { return std::fma(a, b, c); }
 inline double fma(double a, double b, double c) noexcept { return std::fma(a, b, c); }
