@@ -96,11 +96,7 @@ struct ElrScratch {
     d.row.put(i, V(d.sc) * q * (V(T(1)) + V(d.ls) - simd::where(in_u, V(d.l) * simd::load<V>(d.t + i))));
   }
   void flush() {
-    if (!pending.row) return;
-    for_chunks<T>(pending.row.n, [&](std::size_t k, std::size_t b, std::size_t end) {
-      simd::for_lanes<T>(b, end, [&](auto tag, std::size_t i) { put<typename decltype(tag)::type>(k, i); });
-    });
-    pending.row.end();
+    pending.row.flush([&](auto tag, std::size_t i) { put<typename decltype(tag)::type>(i / chunk_elems<T>, i); });
   }
 };
 

@@ -176,11 +176,7 @@ struct LdrScratch {
     pending.put(i, V(a) * simd::load<V>(e + i));
   }
   void flush() {
-    if (!pending) return;
-    for_chunks<T>(pending.n, [&](std::size_t k, std::size_t b, std::size_t end) {
-      simd::for_lanes<T>(b, end, [&](auto tag, std::size_t i) { put<typename decltype(tag)::type>(alpha[k], i); });
-    });
-    pending.end();
+    pending.flush([&](auto tag, std::size_t i) { put<typename decltype(tag)::type>(alpha[i / chunk_elems<T>], i); });
   }
 };
 

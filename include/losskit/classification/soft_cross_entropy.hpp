@@ -143,10 +143,10 @@ struct SoftCrossEntropyRow {
   void flush(Scratch& w) const {
     auto& d = w.pending;
     if (!d.row) return;
-    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
-      simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) { put<typename decltype(tag)::type>(d, w.ex, d.alpha[k], d.f[k], i); });
+    d.row.flush([&](auto tag, std::size_t i) {
+      const std::size_t k = i / chunk_elems<T>;
+      put<typename decltype(tag)::type>(d, w.ex, d.alpha[k], d.f[k], i);
     });
-    d.row.end();
     if (d.src.streams()) simd::stream_fence();
   }
 

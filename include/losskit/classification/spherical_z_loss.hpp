@@ -126,9 +126,7 @@ struct SphericalPending {
     return simd::select(v == V(-std::numeric_limits<T>::infinity()), V(T(0)), simd::fma(V(A), v - V(mu), V(B)));
   }
   void flush() {
-    if (!row) return;
-    simd::for_lanes<T>(0, row.n, [&](auto tag, std::size_t i) { row.put(i, value<typename decltype(tag)::type>(i)); });
-    row.end();
+    row.flush([&](auto tag, std::size_t i) { row.put(i, value<typename decltype(tag)::type>(i)); });
   }
 };
 

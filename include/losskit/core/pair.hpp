@@ -22,9 +22,8 @@
 // of their own with the core waiting on memory. There is one set of scratch rows: at each index
 // the loop reads the recorded row's scratch values before it stores the new row's (read before
 // write, element by element), so the pipelining costs no scratch and the rows stay in L2 at wide
-// vocabularies. A kernel with a chunk loop of its own calls flush_chunk(k) before it writes
-// chunk k of the scratch; flush() writes a recorded row that nothing picked up (the last row
-// of a thread). After write_grad() / defer_grad() a kernel must not write the scratch rows.
+// vocabularies. flush() writes a recorded row that nothing picked up (the last row of a
+// thread). After write_grad() / defer_grad() a kernel must not write the scratch rows.
 
 #include <cassert>
 #include <cstddef>
@@ -84,8 +83,8 @@ struct PairScratch {
     ex = spare ? base + 2 * n : nullptr;
   }
   // Records `out` as the pending gradient row (coefficients per chunk from alpha(k), beta(k);
-  // the entry `fix` set to fix_value last). Call it after this row's stats() (or a
-  // loop with flush_chunk()), which wrote the previous pending row. Not pipelined: written
+  // the entry `fix` set to fix_value last). Call it after this row's stats(), which wrote
+  // the previous pending row. Not pipelined: written
   // right away.
   template <class Alpha, class Beta>
   void defer_grad(T* out, std::size_t n, bool stream, const T* E, const T* G, Alpha&& alpha, Beta&& beta,
@@ -100,41 +99,23 @@ struct PairScratch {
   template <class Alpha, class Beta, class Gamma>
   void defer_grad(T* out, std::size_t n, bool stream, const T* E, const T* G, const T* H, Alpha&& alpha, Beta&& beta,
                   Gamma&& gamma, std::size_t fix, T fix_value);
-  // Chunk k = [b, e) of the pending row; end_pending() after the last chunk. For kernels with
-  // a chunk loop of their own (stats() writes the pending row element by element).
-  void flush_chunk(std::size_t k, std::size_t b, std::size_t e);
   void end_pending() { pending.row.end(); }
   // Writes the pending row, if any, as one pass of its own.
   void flush() {
-    if (!pending.row) return;
-    for_chunks<T>(pending.row.n, [&](std::size_t k, std::size_t b, std::size_t e) { flush_chunk(k, b, e); });
-    end_pending();
+    const Pending& d = pending;
+    pending.row.flush([&d](auto tag, std::size_t i) {
+      using V = typename decltype(tag)::type;
+      const std::size_t k = i / chunk_elems<T>;
+      d.row.put(i, d.H ? d.template value<V>(d.alpha[k], d.beta[k], d.gamma[k], i) : d.template value<V>(d.alpha[k], d.beta[k], i));
+    });
   }
 };
-
-template <class T>
-inline void PairScratch<T>::flush_chunk(std::size_t k, std::size_t b, std::size_t e) {
-  const Pending& d = pending;
-  const T a = d.alpha[k], c = d.beta[k];
-  if (d.H) {
-    const T g = d.gamma[k];
-    simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) {
-      using V = typename decltype(tag)::type;
-      d.row.put(i, d.template value<V>(a, c, g, i));
-    });
-    return;
-  }
-  simd::for_lanes<T>(b, e, [&](auto tag, std::size_t i) {
-    using V = typename decltype(tag)::type;
-    d.row.put(i, d.template value<V>(a, c, i));
-  });
-}
 
 template <class T>
 template <class Alpha, class Beta, class Gamma>
 inline void PairScratch<T>::defer_grad(T* out, std::size_t n, bool stream, const T* E, const T* G, const T* H,
                                        Alpha&& alpha, Beta&& beta, Gamma&& gamma, std::size_t fix, T fix_value) {
-  // The previous row's gradient must be out already (stats() or flush_chunk() wrote it while
+  // The previous row's gradient must be out already (stats() or flush() wrote it while
   // this row's scratch replaced its own): flushing it here would read overwritten scratch.
   assert(!pending.row && "losskit: defer_grad() before the pending row was written");
   auto& d = pending;

@@ -43,7 +43,7 @@ namespace detail {
 //                                        const DivergenceOptions&);
 // Rows are pipelined (core/pair.hpp): after write_grad() / defer_grad() the scratch rows
 // w.es, w.et, w.ex hold the recorded gradient's inputs until the next row's stats() (or
-// flush_chunk()) has read them, so a kernel writes no scratch row after it.
+// flush()) has read them, so a kernel writes no scratch row after it.
 // A kernel with options of its own (e.g. topk_kl_div) takes its own Options type in place of
 // DivergenceOptions; it must have DivergenceOptions' temperature, scale_by_t_squared, input
 // kinds and row fields (reduction, labels, ignore_index, weights, grad_scale, normalizer, threads).

@@ -6,7 +6,8 @@
 // (non-temporal stores for large outputs where the row is batch-aligned; chunk offsets keep the
 // alignment; one fence at the end) and one entry set last, after the fence (e.g. the target
 // class's entry, computed in double). The formula and its per-chunk coefficients belong to the
-// kernel: core/pair.hpp (PairScratch::Pending), classification/cross_entropy.hpp. store_row()
+// kernel: core/pair.hpp (PairScratch::Pending), classification/cross_entropy.hpp and the
+// one-softmax kernels (soft_cross_entropy, ldr_kl, elr, spherical_z_loss). store_row()
 // writes a row right away with the same store rule (one definition of it: streamable, put_lanes).
 
 #include <cstddef>
@@ -71,6 +72,15 @@ struct PendingRow {
     if (stream) simd::stream_fence();
     if (fix != no_fix) out[fix] = fix_value;
     out = nullptr;
+  }
+  // The recorded row as a pass of its own (a thread's last row, which no next row's loop
+  // writes): put(lanes<V>, i) at every index - the same function that kernel's next-row loop
+  // calls, so both write the same bits - then end(). Nothing when no row is recorded.
+  template <class Put>
+  void flush(Put&& put) {
+    if (!out) return;
+    simd::for_lanes<T>(0, n, put);
+    end();
   }
 };
 

@@ -23,9 +23,10 @@
 // them. NaN teacher logits are never selected (the row's loss is NaN anyway).
 // Passes per row: the streaming pass over both rows (softmax statistics, bracket copy; the
 // previous row's gradient goes out in it); the sums over S come from the band when it holds all
-// of S, else from a pass over the row (scratch rows and logits, in L2); with a gradient, one
-// more pass in L2 zeroes the exps outside S, and the gradient, alpha_k q + beta_k p of those
-// rows, is written during the next row's streaming pass (core/pair.hpp).
+// of S, else from a pass over the row (scratch rows and logits, in L2) that also zeroes the exps
+// outside S when there is a gradient (with the band's sums, a pass in L2 of its own does); the
+// gradient, alpha_k q + beta_k p of those rows, is written during the next row's streaming pass
+// (core/pair.hpp).
 //
 // Reference: OSTQuant's trainer (`--loss_type=kl_top`, k = 1000; `kl_top_K` for other k; read
 // from public copies of its code, see shared/reference/formulas.md section 9), whose
@@ -148,8 +149,9 @@ struct TopkKlDiv {
     const T th = cut.threshold;
     const T* s = r.s;
     const T* t = r.t;
-    const T* es = r.w.es;
-    const T* et = r.w.et;
+    T* const es = r.w.es;
+    T* const et = r.w.et;
+    const bool masked = grad != nullptr && !summed;  // the sums pass zeroes the exps outside S too
     if (!summed) {  // a pass over the row for the sums over S
       P = W = Q = 0.0;
       for_chunks<T>(n, [&](std::size_t kc, std::size_t b, std::size_t e) {
@@ -161,8 +163,11 @@ struct TopkKlDiv {
             const V tv = simd::load<V>(t + i), p = simd::load<V>(et + i);
             const auto in = member_mask(tv, th, incl);
             const V ps = simd::where(in, p), pw = simd::where(ps > V(T(0)), p * (tv - simd::load<V>(s + i)));
+            if (masked) simd::store(et + i, ps);
             if constexpr (Renorm) {
-              return std::array<V, 3>{ps, pw, simd::where(in, simd::load<V>(es + i))};
+              const V qs = simd::where(in, simd::load<V>(es + i));
+              if (masked) simd::store(es + i, qs);
+              return std::array<V, 3>{ps, pw, qs};
             } else {
               return std::array<V, 2>{ps, pw};
             }
@@ -181,24 +186,24 @@ struct TopkKlDiv {
       // g = C q + [in S] (A q - B p): full: A = 0, B = a, C = a P_S (0 for log-prob students);
       // renormalised: A = a / Q_S, B = a / P_S, C = 0; a = scale / T, per chunk times its
       // factors. The exps outside S are zeroed where a member mask applies (p always, q when
-      // renormalised), in one pass over the scratch rows (L2); the gradient is then the rows'
-      // alpha_k q + beta_k p, written during the next row's pass like every divergence's.
-      T* const mes = r.w.es;
-      T* const met = r.w.et;
-      for_chunks<T>(n, [&](std::size_t, std::size_t b, std::size_t e) {
-        for_member_ranges(cut, b, e, [&](std::size_t b2, std::size_t e2, bool incl) {
-          simd::for_lanes<T>(b2, e2, [&](auto tag, std::size_t i) {
-            using V = typename decltype(tag)::type;
-            const auto in = member_mask(simd::load<V>(t + i), th, incl);
-            simd::store(met + i, simd::where(in, simd::load<V>(met + i)));
-            if constexpr (Renorm) simd::store(mes + i, simd::where(in, simd::load<V>(mes + i)));
+      // renormalised): by the sums pass when there was one, else in a pass over the scratch
+      // rows (L2); the gradient is then the rows' alpha_k q + beta_k p, written during the next
+      // row's pass like every divergence's.
+      if (!masked)
+        for_chunks<T>(n, [&](std::size_t, std::size_t b, std::size_t e) {
+          for_member_ranges(cut, b, e, [&](std::size_t b2, std::size_t e2, bool incl) {
+            simd::for_lanes<T>(b2, e2, [&](auto tag, std::size_t i) {
+              using V = typename decltype(tag)::type;
+              const auto in = member_mask(simd::load<V>(t + i), th, incl);
+              simd::store(et + i, simd::where(in, simd::load<V>(et + i)));
+              if constexpr (Renorm) simd::store(es + i, simd::where(in, simd::load<V>(es + i)));
+            });
           });
         });
-      });
       const double a = scale * double(r.inv_t);
       const bool logits = !r.student_log_probs;
       r.w.defer_grad(
-          grad, n, r.stream, met,
+          grad, n, r.stream, et,
           [&](std::size_t kc) {
             const double qf = r.w.q.factor_d(kc);
             return Renorm ? a * qf / Q : (logits ? a * P * qf : 0.0);
