@@ -9,10 +9,16 @@
 //
 //   bench_paired_main [rows] [cols] [threads] [repetitions] [kernel...]
 //   defaults: 1024 32000 1 15, every kernel. Kernels: kl_div reverse_kl_div jsd skew_kl_div
-//   skew_reverse_kl_div tvd cauchy_schwarz_div kd_loss topk_kl_div cross_entropy soft_cross_entropy.
+//   skew_reverse_kl_div tvd cauchy_schwarz_div kd_loss topk_kl_div cross_entropy soft_cross_entropy
+//   dpo dpo_step.
 // Divergences at temperature 2 (beta 0.5, skew 0.1), kd_loss at T 2 with alpha 0.5,
 // topk_kl_div with k = 1000, cross_entropy with smoothing 0.1 and z-loss 1e-4 (its floor: one
 // read + one write; the others: two reads + one write), soft_cross_entropy with smoothing 0.1.
+// dpo / dpo_step: sigmoid DPO (beta 0.1) over 8 pairs, the rows split into 16 sequences of
+// rows / 16 tokens (8192 rows: the 8 x 512 chosen and rejected tokens), the first input
+// as the policy logits and the second as the reference's: dpo is sequence_logprobs (policy,
+// then reference) + dpo + sequence_logprobs_backward reusing the forward, dpo_step the fused
+// call (preference/dpo_step.hpp). Skipped when rows is not a multiple of 16.
 
 #include <algorithm>
 #include <chrono>
@@ -86,7 +92,23 @@ int main(int argc, char** argv) {
   sce.label_smoothing = 0.1;
   sce.threads = threads;
 
-  const std::vector<Kernel> kernels{
+  const std::int64_t seqs = 16, pairs = seqs / 2;
+  const bool dpo_shape = rows % seqs == 0;
+  const auto layout = losskit::SequenceLayout::fixed(seqs, dpo_shape ? std::int64_t(rows) / seqs : 0);
+  losskit::SequenceLogprobOptions so;
+  so.threads = threads;
+  const losskit::DpoOptions dpo_options;  // sigmoid, beta 0.1, mean over pairs
+  auto dpo_unfused = [&] {
+    const auto pi = losskit::sequence_logprobs(s, labels, layout, so);
+    const auto rho = losskit::sequence_logprobs(t, labels, layout, so);
+    const auto r = losskit::dpo(pi.sum.head(pairs), pi.sum.tail(pairs), rho.sum.head(pairs), rho.sum.tail(pairs), dpo_options);
+    Eigen::VectorXd up(seqs);
+    up << r.d_policy_chosen, r.d_policy_rejected;
+    losskit::sequence_logprobs_backward(s, labels, layout, up, g, so, pi);
+    return r.value;
+  };
+
+  std::vector<Kernel> kernels{
       {"kl_div", false, [&] { return losskit::kl_div(s, t, g, dv).value; }},
       {"reverse_kl_div", false, [&] { return losskit::reverse_kl_div(s, t, g, dv).value; }},
       {"jsd", false, [&] { return losskit::jsd(s, t, g, dv).value; }},
@@ -99,6 +121,10 @@ int main(int argc, char** argv) {
       {"cross_entropy", true, [&] { return losskit::cross_entropy(s, labels, g, ce).value; }},
       {"soft_cross_entropy", false, [&] { return losskit::soft_cross_entropy(s, t, g, sce).value; }},
   };
+  if (dpo_shape) {
+    kernels.push_back({"dpo", false, dpo_unfused});
+    kernels.push_back({"dpo_step", false, [&] { return losskit::dpo_step(s, t, labels, layout, g, dpo_options, so).loss.value; }});
+  }
 
   std::printf("rows %ld, cols %ld, threads %d, %d paired repetitions (floor, then kernel)\n", long(rows), long(cols),
               threads, reps);

@@ -12,6 +12,9 @@
 //            dpo_inplace: the gradient overwrites the policy logits;
 //            dpo_onecall: policy and reference log-probs from one call (one pass over both, which
 //            also computes the full-vocabulary KL term);
+//            dpo_step: losskit::dpo_step, the whole step in one call, each pair's backward written
+//            while the next pair is read (preference/sequence_pair_step.hpp); dpo_step_inplace:
+//            the same with the gradient over the policy logits;
 //   eigen    log_softmax matrices with Eigen array expressions, gather, DPO, gradient
 //   torch    log_softmax + gather + DPO + autograd backward (libtorch, when built with it)
 // Shape 8192 x 32000, threads 1 and 2. bench/report.py turns the JSON output into ratios:
@@ -22,6 +25,7 @@
 #include "bench_support.hpp"
 
 #include <losskit/core/scalar_math.hpp>
+#include <losskit/preference/dpo_step.hpp>
 #include <losskit/preference/sequence_logprobs.hpp>
 
 #include <cmath>
@@ -134,21 +138,29 @@ void BM_floor_dpo(benchmark::State& st) {
 }
 
 // ---- losskit -------------------------------------------------------------------------------------
-enum class Variant { reuse_lse, recompute, inplace, one_call };
+enum class Variant { reuse_lse, recompute, inplace, one_call, step, step_inplace };
 
 void BM_losskit(benchmark::State& st, Variant v) {
   auto& in = inputs();
   const auto layout = losskit::SequenceLayout::fixed(kSeqs, kLen);
   losskit::SequenceLogprobOptions o;
   o.threads = int(st.range(2));
-  const RowMatrixXf& policy = v == Variant::inplace ? in.grad : in.policy;
+  const bool inplace = v == Variant::inplace || v == Variant::step_inplace;
+  const RowMatrixXf& policy = inplace ? in.grad : in.policy;
   Eigen::VectorXd d_sum;
   double loss = 0.0;
   for (auto _ : st) {
-    if (v == Variant::inplace) {  // the "policy logits" this variant overwrites, fresh each time
+    if (inplace) {  // the "policy logits" this variant overwrites, fresh each time
       st.PauseTiming();
       in.grad = in.policy;
       st.ResumeTiming();
+    }
+    if (v == Variant::step || v == Variant::step_inplace) {  // one call, pairs pipelined
+      losskit::DpoOptions d;
+      d.beta = kBeta;
+      loss = losskit::dpo_step(policy, in.ref, in.targets, layout, in.grad, d, o).loss.value;
+      benchmark::ClobberMemory();
+      continue;
     }
     losskit::SequenceLogprobs pi;
     if (v == Variant::one_call) {  // policy and reference in one pass (also gives the KL term)
@@ -244,6 +256,8 @@ const int registered = [] {
   register_grid("dpo_recompute/losskit", kShape, {1, 2}, BM_losskit, Variant::recompute);
   register_grid("dpo_inplace/losskit", kShape, {1, 2}, BM_losskit, Variant::inplace);
   register_grid("dpo_onecall/losskit", kShape, {1, 2}, BM_losskit, Variant::one_call);
+  register_grid("dpo_step/losskit", kShape, {1, 2}, BM_losskit, Variant::step);
+  register_grid("dpo_step_inplace/losskit", kShape, {1, 2}, BM_losskit, Variant::step_inplace);
   register_grid("dpo/eigen", kShape, {1}, BM_eigen);
 #if LOSSKIT_HAVE_TORCH
   register_grid("dpo/torch", kShape, {1, 2}, BM_torch);

@@ -7,10 +7,13 @@
 // mod V; each step right with probability 0.9), the rejected one is sampled from the frozen
 // reference model (the policy at the start), as preference data usually is. Per step, with the
 // per-token log-probs summed over the completion only (the prompt row masked, as TRL does):
+//   r = losskit::dpo_step(policy logits, reference logits, targets, layout, grad, {beta, loss type})
+// which is, in one pass over the logits (preference/dpo_step.hpp),
 //   pi  = losskit::sequence_logprobs(policy logits)       rho = the same for the reference
 //   r   = losskit::dpo(pi_chosen, pi_rejected, rho_chosen, rho_rejected, {beta, loss type})
 //   losskit::sequence_logprobs_backward(policy logits, r.d_policy_*)  -> gradient w.r.t. logits
-// and the logits gradient is added into W's rows (plain Eigen; Adam). Reported: the DPO loss,
+// (the held-out evaluation uses the first two), and the logits gradient is added into W's rows
+// (plain Eigen; Adam). Reported: the DPO loss,
 // the reward accuracy and margin on held-out pairs, and how often greedy decoding from held-out
 // prompts counts correctly (about 1/V before training).
 //
@@ -100,22 +103,22 @@ struct Step {
 };
 
 // One DPO evaluation: loss, rewards, and (with_grad) the gradient w.r.t. W.
-Step dpo_step(const RowMatrixXf& W, const RowMatrixXf& ref, const Batch& b, const losskit::DpoOptions& o,
+Step evaluate(const RowMatrixXf& W, const RowMatrixXf& ref, const Batch& b, const losskit::DpoOptions& o,
               bool with_grad) {
   const int P = b.pairs();
   const auto layout = losskit::SequenceLayout::fixed(2 * P, kRows);
   losskit::SequenceLogprobOptions so;
   so.loss_mask = b.mask;
   const RowMatrixXf z = logits_of(W, b), zr = logits_of(ref, b);
-  const losskit::SequenceLogprobs pi = losskit::sequence_logprobs(z, b.targets, layout, so);
-  const losskit::SequenceLogprobs rho = losskit::sequence_logprobs(zr, b.targets, layout, so);
   Step s;
-  s.r = losskit::dpo(pi.sum.head(P), pi.sum.tail(P), rho.sum.head(P), rho.sum.tail(P), o);
-  if (!with_grad) return s;
-  Eigen::VectorXd d(2 * P);
-  d << s.r.d_policy_chosen, s.r.d_policy_rejected;
+  if (!with_grad) {
+    const losskit::SequenceLogprobs pi = losskit::sequence_logprobs(z, b.targets, layout, so);
+    const losskit::SequenceLogprobs rho = losskit::sequence_logprobs(zr, b.targets, layout, so);
+    s.r = losskit::dpo(pi.sum.head(P), pi.sum.tail(P), rho.sum.head(P), rho.sum.tail(P), o);
+    return s;
+  }
   RowMatrixXf g(z.rows(), kV);
-  losskit::sequence_logprobs_backward(z, b.targets, layout, d, g, so, pi);  // reuses the forward's lse
+  s.r = losskit::dpo_step(z, zr, b.targets, layout, g, o, so).loss;
   s.dW = RowMatrixXf::Zero(kV, kV);
   for (std::size_t r = 0; r < b.inputs.size(); ++r) s.dW.row(b.inputs[r]) += g.row(Eigen::Index(r));
   return s;
@@ -183,7 +186,7 @@ int main(int argc, char** argv) {
   RowMatrixXf m = RowMatrixXf::Zero(kV, kV), v = RowMatrixXf::Zero(kV, kV);
   const float lr = 0.05f, b1 = 0.9f, b2 = 0.999f;
   auto report = [&](int step) {
-    const Step e = dpo_step(W, ref, held_out, o, false);
+    const Step e = evaluate(W, ref, held_out, o, false);
     std::printf("step %4d  held-out: %s loss %.4f  reward accuracy %.2f  margin %+.3f  greedy counting %.2f\n", step,
                 losskit::dpo_loss_name(o.loss_types.front()), e.r.value, e.r.accuracy, e.r.margins.mean(),
                 greedy_counting(W, held_out));
@@ -191,7 +194,7 @@ int main(int argc, char** argv) {
   report(0);
   for (int step = 1; step <= steps; ++step) {
     const Batch b = make_batch(32, ref, rng);
-    const Step s = dpo_step(W, ref, b, o, true);
+    const Step s = evaluate(W, ref, b, o, true);
     m = b1 * m + (1 - b1) * s.dW;
     v = b2 * v + (1 - b2) * s.dW.cwiseProduct(s.dW);
     const float c1 = 1 - std::pow(b1, float(step)), c2 = 1 - std::pow(b2, float(step));

@@ -188,6 +188,14 @@ struct RunningShift {
     shift = CS::shift_for(simd::vmax(chunk_max(), running));
     clear();
   }
+  // Before a chunk is redone because another input's shift did not fit: this input's shift stays
+  // if it fits (its exps and sum come out as before), else retry().
+  void retry_if(T c) {
+    if (fits(c))
+      clear();
+    else
+      retry();
+  }
 
  private:
   void clear() {

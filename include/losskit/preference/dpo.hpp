@@ -215,15 +215,10 @@ inline void check_dpo_options(const char* fn, const DpoOptions& o) {
 
 }  // namespace detail
 
-// losskit::dpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, options) -> PreferenceResult
-// All four are vectors with one summed log-prob per pair (float or double). See the top of this file.
-template <class PC, class PR, class RC, class RR>
-inline PreferenceResult dpo(const Eigen::DenseBase<PC>& policy_chosen, const Eigen::DenseBase<PR>& policy_rejected,
-                            const Eigen::DenseBase<RC>& ref_chosen, const Eigen::DenseBase<RR>& ref_rejected,
-                            const DpoOptions& o = {}) {
-  using detail::Term;
-  const char* fn = "dpo";
-  const detail::PairedInputs in = detail::paired_inputs(fn, policy_chosen, policy_rejected, ref_chosen, ref_rejected);
+namespace detail {
+
+// dpo() on checked inputs; fn names the public function in error messages.
+inline PreferenceResult dpo_impl(const char* fn, const PairedInputs& in, const DpoOptions& o) {
   const Eigen::VectorXd &pw = in.chosen, &pl = in.rejected, &rw = in.ref_chosen, &rl = in.ref_rejected;
   const Eigen::Index n = in.n;
   detail::check_dpo_options(fn, o);
@@ -369,6 +364,18 @@ inline PreferenceResult dpo(const Eigen::DenseBase<PC>& policy_chosen, const Eig
   }
   detail::finish_paired(o, res, beta * dw, beta * dl, std::move(loss), std::move(gw), std::move(gl));
   return res;
+}
+
+}  // namespace detail
+
+// losskit::dpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, options) -> PreferenceResult
+// All four are vectors with one summed log-prob per pair (float or double). See the top of this file.
+template <class PC, class PR, class RC, class RR>
+inline PreferenceResult dpo(const Eigen::DenseBase<PC>& policy_chosen, const Eigen::DenseBase<PR>& policy_rejected,
+                            const Eigen::DenseBase<RC>& ref_chosen, const Eigen::DenseBase<RR>& ref_rejected,
+                            const DpoOptions& o = {}) {
+  const char* fn = "dpo";
+  return detail::dpo_impl(fn, detail::paired_inputs(fn, policy_chosen, policy_rejected, ref_chosen, ref_rejected), o);
 }
 
 }  // namespace losskit

@@ -59,6 +59,16 @@ class Values {
                   "losskit::Values: the vector must be contiguous");
   }
 
+  // Entries [b, b + n) as a view of their own.
+  Values slice(std::size_t b, std::size_t n) const noexcept {
+    Values v = *this;
+    if (pf_) v.pf_ += b;
+    if (pd_) v.pd_ += b;
+    if (p32_) v.p32_ += b;
+    if (p64_) v.p64_ += b;
+    v.size_ = n;
+    return v;
+  }
   bool empty() const noexcept { return size_ == 0; }
   std::size_t size() const noexcept { return size_; }
   double operator[](std::size_t i) const noexcept {

@@ -279,15 +279,17 @@ struct SeqScratch : PairScratch<T> {
 //   entropy: d_i = (z_i - m_k) / T = log e_i, c_k = log factor_k:
 //            H = -sum_k factor_k (sum_i e_i d_i + c_k s_k)
 //   k_t:     sum_k rfactor_k (sum_i e^a_i (z_i - a_i) / T + (lse_a - lse_z) rs_k)
-template <class T, bool Entropy, bool Ref>
+// Kl = false skips k_t (only the reference's statistics); put(lanes<V>, i) rides in z's loop
+// (exp_chunk's hook: another row's gradient written while this one is read, see
+// sequence_pair_step.hpp).
+template <class T, bool Entropy, bool Ref, bool Kl = Ref, class Put = NoPut>
 inline TokenStats token_stats_impl(SeqScratch<T>& w, const T* z, const T* a, std::size_t n, T inv_t, std::int64_t y,
-                                   bool keep) {
+                                   bool keep, Put&& put = {}) {
+  static_assert(Ref || !Kl, "losskit: k_t needs the reference row");
   const std::size_t chunks = chunk_count(n, chunk_elems<T>);
   w.q.reset(n);
-  if (Ref) {
-    w.p.reset(n);
-    w.kl.assign(chunks, 0.0);
-  }
+  if (Ref) w.p.reset(n);
+  if (Kl) w.kl.assign(chunks, 0.0);
   if (Entropy) w.ent.assign(chunks, 0.0);
   RunningShift<T> run_z, run_a;  // running maxima (core/softmax.hpp)
   for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
@@ -301,18 +303,21 @@ inline TokenStats token_stats_impl(SeqScratch<T>& w, const T* z, const T* a, std
           else
             return std::array<V, 0>{};
         },
-        hz);
+        hz, put);
     if constexpr (Entropy) w.ent[k] = hz[0];
     if constexpr (Ref) {
-      std::array<double, 1> kz;
+      std::array<double, Kl ? 1 : 0> kz;
       exp_chunk<T>(
           w.p, k, b, e, inv_t, a, keep ? w.et : nullptr, run_a,
           [&](auto tag, std::size_t i, const auto& x, const auto& ex, T) {
             using V = typename decltype(tag)::type;
-            return std::array<V, 1>{simd::where(ex > V(T(0)), ex * (simd::load<V>(z + i) - x))};
+            if constexpr (Kl)
+              return std::array<V, 1>{simd::where(ex > V(T(0)), ex * (simd::load<V>(z + i) - x))};
+            else
+              return std::array<V, 0>{};
           },
           kz);
-      w.kl[k] = kz[0];
+      if constexpr (Kl) w.kl[k] = kz[0];
     }
   });
   TokenStats s;
@@ -329,8 +334,7 @@ inline TokenStats token_stats_impl(SeqScratch<T>& w, const T* z, const T* a, std
   if (Ref) {
     s.ref_lse = w.p.finish(false);
     s.ref_logp = double(a[y]) * double(inv_t) - s.ref_lse;
-    const double gap = s.ref_lse - s.lse;
-    s.kl = w.p.merge(w.kl, double(inv_t), gap);
+    if constexpr (Kl) s.kl = w.p.merge(w.kl, double(inv_t), s.ref_lse - s.lse);
   }
   return s;
 }
@@ -356,18 +360,30 @@ inline double target_grad(double inv_t, double g, double c, double logp, double 
 //   pi_i = F 2^((z_i - s) log2(e) / T),  s = lse T rounded to T,  F = exp(s / T - lse) ~ 1,
 // so the exponent comes from a difference of nearby logits (as in ChunkedSoftmax) and the
 // rounding of s is absorbed by F.
+// SoftmaxGradRow: the entries -u pi_i / T (u = g + c) of such a row without a reference, the
+// one formula of stream_row_grad and of a pipelined row (sequence_pair_step.hpp).
+template <class T>
+struct SoftmaxGradRow {
+  const T* z;
+  T sz, it, alpha;
+  SoftmaxGradRow(const T* row, double inv_t, double lse, double u)
+      : z(row), sz(T(lse / inv_t)), it(T(inv_t * double(simd::log2e<T>))),
+        alpha(T(-u * inv_t * std::exp(double(sz) * inv_t - lse))) {}
+  template <class V>
+  V value(std::size_t i) const {
+    return V(alpha) * simd::exp2_ftz((simd::load<V>(z + i) - V(sz)) * V(it));
+  }
+};
+
 template <class T>
 inline void stream_row_grad(const T* z, const T* a, std::size_t n, double inv_t, double lse, double ref_lse,
                             double g, double c, T* grad, bool stream) {
-  const T sz = T(lse / inv_t), it = T(inv_t * double(simd::log2e<T>));
-  const T alpha = T(-(g + c) * inv_t * std::exp(double(sz) * inv_t - lse));
+  const SoftmaxGradRow<T> row(z, inv_t, lse, g + c);
   if (!a) {
-    store_row<T>(grad, 0, n, stream, [&](auto tag, std::size_t i) {
-      using V = typename decltype(tag)::type;
-      return V(alpha) * simd::exp2_ftz((simd::load<V>(z + i) - V(sz)) * V(it));
-    });
+    store_row<T>(grad, 0, n, stream, [&](auto tag, std::size_t i) { return row.template value<typename decltype(tag)::type>(i); });
     return;
   }
+  const T sz = row.sz, it = row.it, alpha = row.alpha;
   const T sa = T(ref_lse / inv_t);
   const T beta = T(c * inv_t * std::exp(double(sa) * inv_t - ref_lse));
   store_row<T>(grad, 0, n, stream, [&](auto tag, std::size_t i) {
@@ -425,70 +441,104 @@ inline void run_backward(const SeqCall<T>& call, const std::vector<double>& g_to
   });
 }
 
+// sum_{t in R_q} w_t v_t in row order (rows with w_t = 0 skipped: their v_t was never computed).
+inline double sequence_sum(const SequenceLayout& layout, const std::vector<double>& weight, const Eigen::VectorXd& v,
+                           std::int64_t q) {
+  double s = 0.0;
+  for (std::int64_t r = layout.begin(q); r < layout.end(q); ++r) {
+    const double wr = weight[std::size_t(r)];
+    if (wr != 0.0) s += wr * v[r];
+  }
+  return s;
+}
+
+// tokens_q = sum_{t in R_q} w_t, in row order.
+inline Eigen::VectorXd sequence_tokens(const SequenceLayout& layout, const std::vector<double>& weight) {
+  Eigen::VectorXd n(layout.sequences());
+  for (std::int64_t q = 0; q < layout.sequences(); ++q) {
+    double s = 0.0;
+    for (std::int64_t r = layout.begin(q); r < layout.end(q); ++r) s += weight[std::size_t(r)];
+    n[q] = s;
+  }
+  return n;
+}
+
+// A forward call's per-row values as rows are read (rows never read keep lse NaN, values 0),
+// then its per-sequence results.
+struct ForwardRows {
+  SequenceLogprobs out;
+  Eigen::VectorXd logp, ref_logp, ent, kl;  // ref_logp with reference logits, ent / kl if asked for
+
+  ForwardRows(std::ptrdiff_t rows, bool ref, bool with_kl, const SequenceLogprobOptions& o) {
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    out.temperature = o.temperature;
+    out.lse = Eigen::VectorXd::Constant(rows, nan);
+    logp = Eigen::VectorXd::Zero(rows);
+    if (o.entropy) ent = Eigen::VectorXd::Zero(rows);
+    if (ref) {
+      out.ref_lse = Eigen::VectorXd::Constant(rows, nan);
+      ref_logp = Eigen::VectorXd::Zero(rows);
+    }
+    if (with_kl) kl = Eigen::VectorXd::Zero(rows);
+  }
+  void record(std::ptrdiff_t r, const TokenStats& s) {
+    out.lse[r] = s.lse;
+    logp[r] = s.logp;
+    if (ent.size()) ent[r] = s.entropy;
+    if (ref_logp.size()) {
+      out.ref_lse[r] = s.ref_lse;
+      ref_logp[r] = s.ref_logp;
+    }
+    if (kl.size()) kl[r] = s.kl;
+  }
+  // The means from out.sum, out.ref_sum and out.tokens, and the per-token outputs asked for.
+  SequenceLogprobs finish(const SequenceLogprobOptions& o) {
+    auto means = [&](const Eigen::VectorXd& s) {
+      Eigen::VectorXd m = Eigen::VectorXd::Zero(s.size());
+      for (Eigen::Index q = 0; q < s.size(); ++q)
+        if (out.tokens[q] > 0.0) m[q] = s[q] / out.tokens[q];
+      return m;
+    };
+    out.mean = means(out.sum);
+    if (ref_logp.size()) out.ref_mean = means(out.ref_sum);
+    if (kl.size()) out.token_kl = std::move(kl);
+    if (o.per_token) {
+      out.token_logp = std::move(logp);
+      if (ref_logp.size()) out.ref_token_logp = std::move(ref_logp);
+    }
+    if (o.entropy) out.token_entropy = std::move(ent);
+    return std::move(out);
+  }
+};
+
 template <class T>
 inline SequenceLogprobs run_forward(const SeqCall<T>& call, const SequenceLayout& layout,
                                     const SequenceLogprobOptions& o) {
-  const std::ptrdiff_t rows = call.z.rows;
   const bool ref = call.has_ref();
-  const double nan = std::numeric_limits<double>::quiet_NaN();
-  SequenceLogprobs out;
-  out.temperature = o.temperature;
-  Eigen::VectorXd logp = Eigen::VectorXd::Zero(rows), ref_logp, ent, kl;
-  out.lse = Eigen::VectorXd::Constant(rows, nan);
-  if (o.entropy) ent = Eigen::VectorXd::Zero(rows);
-  if (ref) {
-    ref_logp = kl = Eigen::VectorXd::Zero(rows);
-    out.ref_lse = Eigen::VectorXd::Constant(rows, nan);
-  }
-  parallel_ranges(rows, call.threads, [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
+  ForwardRows f(call.z.rows, ref, ref, o);
+  parallel_ranges(call.z.rows, call.threads, [&](int, std::ptrdiff_t b, std::ptrdiff_t e) {
     SeqScratch<T> w(call.z.cols);
     for (std::ptrdiff_t r = b; r < e; ++r) {
       if (call.weight[std::size_t(r)] == 0.0) continue;
       const T* a = ref ? call.a.row(r) : nullptr;
-      const TokenStats s = token_stats(w, call.z.row(r), a, call.cols(), T(call.inv_t), o.entropy,
-                                       (*call.y)[std::size_t(r)], false);
-      out.lse[r] = s.lse;
-      logp[r] = s.logp;
-      if (o.entropy) ent[r] = s.entropy;
-      if (ref) {
-        out.ref_lse[r] = s.ref_lse;
-        ref_logp[r] = s.ref_logp;
-        kl[r] = s.kl;
-      }
+      f.record(r, token_stats(w, call.z.row(r), a, call.cols(), T(call.inv_t), o.entropy, (*call.y)[std::size_t(r)],
+                              false));
     }
   });
   // Per-sequence sums in row order: the same bits for any thread count.
   const std::int64_t B = layout.sequences();
   auto sums = [&](const Eigen::VectorXd& v) {
-    Eigen::VectorXd s = Eigen::VectorXd::Zero(B);
-    for (std::int64_t q = 0; q < B; ++q)
-      for (std::int64_t r = layout.begin(q); r < layout.end(q); ++r) {
-        const double wr = call.weight[std::size_t(r)];
-        if (wr != 0.0) s[q] += wr * v[r];
-      }
+    Eigen::VectorXd s(B);
+    for (std::int64_t q = 0; q < B; ++q) s[q] = sequence_sum(layout, call.weight, v, q);
     return s;
   };
-  auto means = [&](const Eigen::VectorXd& s) {
-    Eigen::VectorXd m = Eigen::VectorXd::Zero(B);
-    for (std::int64_t q = 0; q < B; ++q)
-      if (out.tokens[q] > 0.0) m[q] = s[q] / out.tokens[q];
-    return m;
-  };
-  out.tokens = sums(Eigen::VectorXd::Ones(rows));
-  out.sum = sums(logp);
-  out.mean = means(out.sum);
+  f.out.tokens = sequence_tokens(layout, call.weight);
+  f.out.sum = sums(f.logp);
   if (ref) {
-    out.ref_sum = sums(ref_logp);
-    out.ref_mean = means(out.ref_sum);
-    out.kl_sum = sums(kl);
-    out.token_kl = std::move(kl);
+    f.out.ref_sum = sums(f.ref_logp);
+    f.out.kl_sum = sums(f.kl);
   }
-  if (o.per_token) {
-    out.token_logp = std::move(logp);
-    if (ref) out.ref_token_logp = std::move(ref_logp);
-  }
-  if (o.entropy) out.token_entropy = std::move(ent);
-  return out;
+  return f.finish(o);
 }
 
 // Row upstream gradients d_sum[b] * w_t of a sequence-level backward.
