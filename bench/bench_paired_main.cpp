@@ -10,7 +10,7 @@
 //   bench_paired_main [rows] [cols] [threads] [repetitions] [kernel...]
 //   defaults: 1024 32000 1 15, every kernel. Kernels: kl_div reverse_kl_div jsd skew_kl_div
 //   skew_reverse_kl_div tvd cauchy_schwarz_div kd_loss topk_kl_div cross_entropy soft_cross_entropy
-//   dpo dpo_step.
+//   dpo dpo_step spherical_z_loss ldr_kl ldr_kl_raw aldr_kl.
 // Divergences at temperature 2 (beta 0.5, skew 0.1), kd_loss at T 2 with alpha 0.5,
 // topk_kl_div with k = 1000, cross_entropy with smoothing 0.1 and z-loss 1e-4 (its floor: one
 // read + one write; the others: two reads + one write), soft_cross_entropy with smoothing 0.1.
@@ -19,6 +19,9 @@
 // as the policy logits and the second as the reference's: dpo is sequence_logprobs (policy,
 // then reference) + dpo + sequence_logprobs_backward reusing the forward, dpo_step the fused
 // call (preference/dpo_step.hpp). Skipped when rows is not a multiple of 16.
+// The classification kernels of bench_classification (one read + one write floor): spherical
+// Z-loss (a = 1, b = 0), ldr_kl with its default softplus normalisation and in the raw form,
+// AdaptiveLDR (L1 normalisation, one lambda step per row and visit; sample ids = rows).
 
 #include <algorithm>
 #include <chrono>
@@ -121,6 +124,20 @@ int main(int argc, char** argv) {
       {"cross_entropy", true, [&] { return losskit::cross_entropy(s, labels, g, ce).value; }},
       {"soft_cross_entropy", false, [&] { return losskit::soft_cross_entropy(s, t, g, sce).value; }},
   };
+  losskit::SphericalZLossOptions sz;
+  sz.threads = threads;
+  losskit::LdrKlOptions ldr, ldr_raw;
+  ldr.threads = ldr_raw.threads = threads;
+  ldr_raw.normalize = false;
+  losskit::AdaptiveLDR aldr(std::size_t(rows), 1.0);
+  losskit::AdaptiveLdrOptions ao;
+  ao.threads = threads;
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(rows));
+  for (Eigen::Index r = 0; r < rows; ++r) ids[std::size_t(r)] = r;
+  kernels.push_back({"spherical_z_loss", true, [&] { return losskit::spherical_z_loss(s, labels, g, sz).value; }});
+  kernels.push_back({"ldr_kl", true, [&] { return losskit::ldr_kl(s, labels, g, ldr).value; }});
+  kernels.push_back({"ldr_kl_raw", true, [&] { return losskit::ldr_kl(s, labels, g, ldr_raw).value; }});
+  kernels.push_back({"aldr_kl", true, [&] { return aldr.loss(s, labels, ids, g, ao).value; }});
   if (dpo_shape) {
     kernels.push_back({"dpo", false, dpo_unfused});
     kernels.push_back({"dpo_step", false, [&] { return losskit::dpo_step(s, t, labels, layout, g, dpo_options, so).loss.value; }});

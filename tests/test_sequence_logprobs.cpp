@@ -609,6 +609,29 @@ TEMPLATE_TEST_CASE("sequence_logprobs: jumps between chunks, peaked rows, the ta
     CHECK(std::fabs(f.token_logp[r] - double(ref.logp)) <= value_tol<T>(double(ref.logp)));
     CHECK(std::fabs(f.token_entropy[r] - double(ref.entropy)) <= value_tol<T>(double(ref.entropy)));
   }
+  // With reference logits (the rows in reverse order: their jumps fall on other rows), one loop
+  // takes both rows and redoes a chunk only for the input whose maximum jumped: the policy's
+  // values are those above and the reference's those of its own call, bit for bit; k_t against
+  // long double.
+  {
+    const RowMatrix<T> a = z.colwise().reverse();
+    const auto fa = losskit::sequence_logprobs(a, y, layout, o);
+    const auto fr = losskit::sequence_logprobs(z, a, y, layout, o);
+    CHECK(fr.token_logp == f.token_logp);
+    CHECK(fr.token_entropy == f.token_entropy);
+    CHECK(fr.lse == f.lse);
+    CHECK(fr.ref_token_logp == fa.token_logp);
+    CHECK(fr.ref_lse == fa.lse);
+    for (Eigen::Index r = 0; r < 6; ++r) {
+      const RowMatrix<T>& zc = z;
+      const RowRef ref = row_reference(zc.row(r), a.row(r), y[std::size_t(r)], 1.0);
+      CAPTURE(r, fr.token_kl[r], double(ref.kl));
+      if (std::isinf(double(ref.kl)))
+        CHECK(fr.token_kl[r] == double(ref.kl));
+      else
+        CHECK(std::fabs(fr.token_kl[r] - double(ref.kl)) <= value_tol<T>(double(ref.kl)));
+    }
+  }
   // The target entry: (1 - pi_y) in double, so it keeps relative accuracy when pi_y ~ 1.
   const Eigen::VectorXd d = Eigen::VectorXd::Ones(6);
   for (bool reuse : {false, true}) {

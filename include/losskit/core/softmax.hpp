@@ -131,6 +131,8 @@ class ChunkedSoftmax {
     return sum_[k] == 0.0 && std::isfinite(lse_) ? 0.0 : std::exp(shift_[k] - lse_);
   }
   double chunk_sum(std::size_t k) const noexcept { return sum_[k]; }
+  // Chunk k's shift in log units (the shift times inv_t, in double).
+  double chunk_shift(std::size_t k) const noexcept { return shift_[k]; }
   // sum_k factor_d(k) (a extra[k] + b chunk_sum(k)): merges per-chunk sums of a kernel's own
   // (taken relative to the chunk shifts, e.g. sum p (t - s)) into a row value.
   double merge(const std::vector<double>& extra, double a, double b) const {

@@ -30,6 +30,8 @@
 // Passes: the forward reads each logits row once, in 8 KiB chunks, with one loop per chunk that
 // takes the exps relative to the running maximum of the earlier chunks, their sum and the chunk's
 // maximum (no separate max pass), recorded into core's ChunkedSoftmax; exp is core/fast_exp2.hpp.
+// With reference logits the same loop takes both rows (the policy's values are bit for bit those
+// of the call without them).
 // The backward reads the row once and writes the gradient once (non-temporal stores for a large
 // separate output): given the forward's result it takes lse_t from there and streams the row in a
 // single loop (one exp per element); otherwise it recomputes the statistics into an L2 scratch
@@ -273,13 +275,15 @@ struct SeqScratch : PairScratch<T> {
 };
 
 
-// One read of the row (and of its reference row), one loop per chunk and input: the softmax
-// statistics, and the per-chunk sums the optional outputs need (the exps are kept in w.es, w.et
-// only with `keep`, for a gradient pass). With the chunk's shift m_k of z:
+// One read of the row (and of its reference row), one loop per chunk (both rows in the same
+// loop): the softmax statistics, and the per-chunk sums the optional outputs need (the exps are
+// kept in w.es, w.et only with `keep`, for a gradient pass). With the chunk's shifts m_k of z
+// and m^a_k of a:
 //   entropy: d_i = (z_i - m_k) / T = log e_i, c_k = log factor_k:
 //            H = -sum_k factor_k (sum_i e_i d_i + c_k s_k)
-//   k_t:     sum_k rfactor_k (sum_i e^a_i (z_i - a_i) / T + (lse_a - lse_z) rs_k)
-// Kl = false skips k_t (only the reference's statistics); put(lanes<V>, i) rides in z's loop
+//   k_t:     sum_k rfactor_k (sum_i e^a_i ((z_i - m_k) - (a_i - m^a_k)) / T
+//                             + ((m_k - m^a_k) / T + lse_a - lse_z) rs_k)
+// Kl = false skips k_t (only the reference's statistics); put(lanes<V>, i) rides in the loop
 // (exp_chunk's hook: another row's gradient written while this one is read, see
 // sequence_pair_step.hpp).
 template <class T, bool Entropy, bool Ref, bool Kl = Ref, class Put = NoPut>
@@ -291,35 +295,85 @@ inline TokenStats token_stats_impl(SeqScratch<T>& w, const T* z, const T* a, std
   if (Ref) w.p.reset(n);
   if (Kl) w.kl.assign(chunks, 0.0);
   if (Entropy) w.ent.assign(chunks, 0.0);
+  // e_i d_i with d_i = (z_i - shift) / T where e_i > 0 (the entropy's sum). The product is an
+  // fma with a zero addend: one rounding that the compiler cannot contract into the sum's add
+  // (it would in some inlining contexts and not in others), so both loops below give the same bits.
+  auto ent_term = [inv_t](const auto& x, const auto& ex, T sh) {
+    using V = std::decay_t<decltype(x)>;
+    return simd::where(ex > V(T(0)), simd::fma(ex, (x - V(sh)) * V(inv_t), V(T(0))));
+  };
   RunningShift<T> run_z, run_a;  // running maxima (core/softmax.hpp)
-  for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
-    std::array<double, Entropy ? 1 : 0> hz;
-    exp_chunk<T>(
-        w.q, k, b, e, inv_t, z, keep ? w.es : nullptr, run_z,
-        [&](auto tag, std::size_t, const auto& x, const auto& ex, T sh) {
-          using V = typename decltype(tag)::type;
-          if constexpr (Entropy)
-            return std::array<V, 1>{simd::where(ex > V(T(0)), ex * ((x - V(sh)) * V(inv_t)))};
-          else
-            return std::array<V, 0>{};
-        },
-        hz, put);
-    if constexpr (Entropy) w.ent[k] = hz[0];
-    if constexpr (Ref) {
-      std::array<double, Kl ? 1 : 0> kz;
+  if constexpr (!Ref) {
+    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) {
+      std::array<double, Entropy ? 1 : 0> hz;
       exp_chunk<T>(
-          w.p, k, b, e, inv_t, a, keep ? w.et : nullptr, run_a,
-          [&](auto tag, std::size_t i, const auto& x, const auto& ex, T) {
+          w.q, k, b, e, inv_t, z, keep ? w.es : nullptr, run_z,
+          [&](auto tag, std::size_t, const auto& x, const auto& ex, T sh) {
             using V = typename decltype(tag)::type;
-            if constexpr (Kl)
-              return std::array<V, 1>{simd::where(ex > V(T(0)), ex * (simd::load<V>(z + i) - x))};
+            if constexpr (Entropy)
+              return std::array<V, 1>{ent_term(x, ex, sh)};
             else
               return std::array<V, 0>{};
           },
-          kz);
-      if constexpr (Kl) w.kl[k] = kz[0];
-    }
-  });
+          hz, put);
+      if constexpr (Entropy) w.ent[k] = hz[0];
+    });
+  } else {
+    // Both rows in one loop per chunk (both exps, the optional sums, put): compute and memory
+    // balanced inside the loop. A chunk is redone for the input whose shift did not fit; the
+    // other keeps its shift (RunningShift::retry_if), so each input's exps, sums and statistics
+    // are those of exp_chunk over that row alone.
+    constexpr bool puts = !std::is_same_v<std::decay_t<Put>, NoPut>;
+    const T c = inv_t * simd::log2e<T>;
+    T* const ez_out = keep ? w.es : nullptr;
+    T* const ea_out = keep ? w.et : nullptr;
+    for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) LOSSKIT_LAMBDA_INLINE {
+      run_z.start(z, b, e);
+      run_a.start(a, b, e);
+      bool first = true;
+      for (;;) {
+        const T sz = run_z.shift, sa = run_a.shift;
+        // {sum e^z, [entropy], sum e^a, [k_t]}
+        constexpr std::size_t K = 2 + (Entropy ? 1 : 0) + (Kl ? 1 : 0), ia = Entropy ? 2 : 1;
+        const auto sums = simd::sum_lanes<T, K>(b, e, [&](auto tag, std::size_t i) {
+          using V = typename decltype(tag)::type;
+          const V zv = simd::load<V>(z + i), av = simd::load<V>(a + i);
+          if constexpr (simd::is_batch<V>) {  // the next chunk streams in meanwhile
+            simd::prefetch(z + i + chunk_elems<T>);
+            simd::prefetch(a + i + chunk_elems<T>);
+          }
+          run_z.see(zv);
+          run_a.see(av);
+          const V ez = simd::exp2_ftz((zv - V(sz)) * V(c)), ea = simd::exp2_ftz((av - V(sa)) * V(c));
+          if constexpr (puts) {
+            if (first) put(tag, i);
+          }
+          if (ez_out) {
+            simd::store(ez_out + i, ez);
+            simd::store(ea_out + i, ea);
+          }
+          std::array<V, K> v;
+          v[0] = ez;
+          if constexpr (Entropy) v[1] = ent_term(zv, ez, sz);
+          v[ia] = ea;
+          if constexpr (Kl) v[ia + 1] = simd::where(ea > V(T(0)), ea * ((zv - V(sz)) - (av - V(sa))));
+          return v;
+        });
+        if (run_z.fits(c) && run_a.fits(c)) {
+          w.q.record(k, sz, inv_t, run_z.fixed(sums[0], c, inv_t));
+          w.p.record(k, sa, inv_t, run_a.fixed(sums[ia], c, inv_t));
+          if constexpr (Entropy) w.ent[k] = sums[1];
+          if constexpr (Kl) w.kl[k] = sums[ia + 1];
+          run_z.accept();
+          run_a.accept();
+          return;
+        }
+        first = false;
+        run_z.retry_if(c);
+        run_a.retry_if(c);
+      }
+    });
+  }
   TokenStats s;
   s.lse = w.q.finish(false);
   s.logp = double(z[y]) * double(inv_t) - s.lse;
@@ -334,7 +388,17 @@ inline TokenStats token_stats_impl(SeqScratch<T>& w, const T* z, const T* a, std
   if (Ref) {
     s.ref_lse = w.p.finish(false);
     s.ref_logp = double(a[y]) * double(inv_t) - s.ref_lse;
-    if constexpr (Kl) s.kl = w.p.merge(w.kl, double(inv_t), s.ref_lse - s.lse);
+    if constexpr (Kl) {
+      // k_t = sum_k rfactor_k (sum_i e^a_i d_i / T + (dshift_k + lse_a - lse_z) rs_k), with
+      // d_i = (z_i - shift^z_k) - (a_i - shift^a_k) and dshift_k = (shift^z_k - shift^a_k) / T:
+      // near the rows' peaks both differences are small, so two nearly equal rows (k_t -> 0)
+      // do not cancel large terms (sum_i rho_i (z_i - a_i) / T against lse_z - lse_a).
+      const double gap = s.ref_lse - s.lse;
+      double v = 0.0;
+      for (std::size_t k = 0; k < chunks; ++k)
+        v += w.p.factor_d(k) * (double(inv_t) * w.kl[k] + (w.q.chunk_shift(k) - w.p.chunk_shift(k) + gap) * w.p.chunk_sum(k));
+      s.kl = v;
+    }
   }
   return s;
 }

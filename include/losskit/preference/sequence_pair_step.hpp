@@ -60,61 +60,9 @@ struct PairUpstream {
 
 namespace detail {
 
-// The statistics of a policy row and its reference row in one loop per chunk (the two exps and
-// put), with the same shifts, sums and so the same bits as token_stats' two loops: a chunk is
-// redone for the input whose shift did not fit, the other keeps its shift.
-template <class T, class Put>
-inline TokenStats policy_ref_stats(SeqScratch<T>& w, const T* z, const T* a, std::size_t n, T inv_t, std::int64_t y,
-                                   Put&& put) {
-  w.q.reset(n);
-  w.p.reset(n);
-  RunningShift<T> S, U;
-  const T c = inv_t * simd::log2e<T>;
-  constexpr bool puts = !std::is_same_v<std::decay_t<Put>, NoPut>;
-  for_chunks<T>(n, [&](std::size_t k, std::size_t b, std::size_t e) LOSSKIT_LAMBDA_INLINE {
-    S.start(z, b, e);
-    U.start(a, b, e);
-    bool first = true;
-    for (;;) {
-      const T ss = S.shift, su = U.shift;
-      const auto sums = simd::sum_lanes<T, 2>(b, e, [&](auto tag, std::size_t i) {
-        using V = typename decltype(tag)::type;
-        const V zv = simd::load<V>(z + i), av = simd::load<V>(a + i);
-        if constexpr (simd::is_batch<V>) {
-          simd::prefetch(z + i + chunk_elems<T>);
-          simd::prefetch(a + i + chunk_elems<T>);
-        }
-        S.see(zv);
-        U.see(av);
-        if constexpr (puts) {
-          if (first) put(tag, i);
-        }
-        return std::array<V, 2>{simd::exp2_ftz((zv - V(ss)) * V(c)), simd::exp2_ftz((av - V(su)) * V(c))};
-      });
-      if (S.fits(c) && U.fits(c)) {
-        w.q.record(k, ss, inv_t, S.fixed(sums[0], c, inv_t));
-        w.p.record(k, su, inv_t, U.fixed(sums[1], c, inv_t));
-        S.accept();
-        U.accept();
-        return;
-      }
-      first = false;
-      S.retry_if(c);
-      U.retry_if(c);
-    }
-  });
-  TokenStats s;
-  s.lse = w.q.finish(false);
-  s.logp = double(z[y]) * double(inv_t) - s.lse;
-  s.ref_lse = w.p.finish(false);
-  s.ref_logp = double(a[y]) * double(inv_t) - s.ref_lse;
-  return s;
-}
-
 template <class T, class Put>
 inline TokenStats pair_step_stats(SeqScratch<T>& w, const T* z, const T* a, std::size_t n, T inv_t, bool entropy,
                                   std::int64_t y, Put&& put) {
-  if (a && !entropy) return policy_ref_stats(w, z, a, n, inv_t, y, put);
   if (a)
     return entropy ? token_stats_impl<T, true, true, false>(w, z, a, n, inv_t, y, false, put)
                    : token_stats_impl<T, false, true, false>(w, z, a, n, inv_t, y, false, put);
