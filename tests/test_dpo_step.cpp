@@ -142,6 +142,15 @@ TEMPLATE_TEST_CASE("dpo_step: the same bits as sequence_logprobs + dpo + sequenc
     d.grad_scale = 0.5;
     check_against_unfused(b, d, o, 2, false);
   }
+  SECTION("the token-mean NLL (sft, rpo_alpha): per pair, with the batch's pairs and chosen tokens") {
+    d.loss_types = {DpoLoss::sigmoid, DpoLoss::sft};
+    d.loss_weights = {1.0, 0.5};
+    d.rpo_alpha = 0.25;
+    const std::vector<double> nc{5.0, 0.0, 8.0, 1.5};  // one chosen length 0: the batch's sum counts
+    d.chosen_lengths = nc;
+    check_against_unfused(b, d, o, 1, false);
+    check_against_unfused(b, d, o, 2, true);
+  }
   SECTION("robust with label smoothing, a normalizer") {
     d.loss_types = {DpoLoss::robust};
     d.label_smoothing = 0.1;
@@ -243,7 +252,7 @@ TEST_CASE("dpo_step: argument errors name the function and argument; the gradien
     return lktest::invalid_argument_of([&] { losskit::dpo_step(b.policy, b.reference, b.targets, layout, g, d); });
   };
   DpoOptions d;
-  for (const DpoLoss t : {DpoLoss::aot, DpoLoss::aot_unpaired, DpoLoss::sft}) {
+  for (const DpoLoss t : {DpoLoss::aot, DpoLoss::aot_unpaired}) {
     d.loss_types = {DpoLoss::sigmoid, t};
     const std::string msg = step(d, b.layout);
     CAPTURE(msg);
@@ -251,8 +260,11 @@ TEST_CASE("dpo_step: argument errors name the function and argument; the gradien
     CHECK(msg.find(std::string("'") + losskit::dpo_loss_name(t) + "'") != std::string::npos);
   }
   d = DpoOptions{};
-  d.rpo_alpha = 1.0;
-  CHECK(step(d, b.layout).find("'rpo_alpha'") != std::string::npos);
+  d.rpo_alpha = 1.0;  // the NLL needs the chosen lengths
+  CHECK(step(d, b.layout).find("'chosen_lengths'") != std::string::npos);
+  const std::vector<double> zero{0.0, 0.0};
+  d.chosen_lengths = zero;
+  CHECK(step(d, b.layout).find("'chosen_lengths' sums to 0") != std::string::npos);
   d = DpoOptions{};
   d.loss_types = {DpoLoss::ipo};  // needs lengths
   CHECK(step(d, b.layout).find("'chosen_lengths'") != std::string::npos);

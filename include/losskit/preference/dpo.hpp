@@ -217,8 +217,11 @@ inline void check_dpo_options(const char* fn, const DpoOptions& o) {
 
 namespace detail {
 
-// dpo() on checked inputs; fn names the public function in error messages.
-inline PreferenceResult dpo_impl(const char* fn, const PairedInputs& in, const DpoOptions& o) {
+// dpo() on checked inputs; fn names the public function in error messages. `batch`: these pairs
+// are part of a larger batch (dpo_step's per-pair calls; the NLL's gradient is the batch's, the
+// batch's chosen tokens were checked).
+inline PreferenceResult dpo_impl(const char* fn, const PairedInputs& in, const DpoOptions& o,
+                                 const NllBatch* batch = nullptr) {
   const Eigen::VectorXd &pw = in.chosen, &pl = in.rejected, &rw = in.ref_chosen, &rl = in.ref_rejected;
   const Eigen::Index n = in.n;
   detail::check_dpo_options(fn, o);
@@ -236,7 +239,7 @@ inline PreferenceResult dpo_impl(const char* fn, const PairedInputs& in, const D
   if (need_both_lengths || !o.rejected_lengths.empty())
     nl = detail::lengths_vector(fn, "rejected_lengths", o.rejected_lengths, n, "policy_chosen", need_both_lengths,
                                 why_len);
-  if (need_nll) detail::check_chosen_tokens(fn, nw, "the NLL term (sft / rpo_alpha)");
+  if (need_nll && !batch) detail::check_chosen_tokens(fn, nw, "the NLL term (sft / rpo_alpha)");
 
   const double beta = o.beta, eps = o.label_smoothing;
   const Eigen::VectorXd dw = pw - rw, dl = pl - rl;
@@ -357,7 +360,7 @@ inline PreferenceResult dpo_impl(const char* fn, const PairedInputs& in, const D
       case DpoLoss::sft: nll_weight += wk; break;
     }
   }
-  if (need_nll) res.nll = detail::add_token_mean_nll(pw, nw, nll_weight, loss, gw);
+  if (need_nll) res.nll = detail::add_token_mean_nll(pw, nw, nll_weight, loss, gw, batch);
   if (o.rpo_eta > 0.0) {
     loss -= (o.rpo_eta * beta) * pw;
     gw.array() -= o.rpo_eta * beta;

@@ -16,11 +16,12 @@
 // completions, P..2P-1 the rejected ones, pair p = (p, P + p).
 //
 // Each pair's derivatives come from dpo() on that pair alone (with the whole batch's
-// denominator), as soon as its sums are known: loss types whose pair terms depend on other pairs
-// are rejected (std::invalid_argument): aot and aot_unpaired (sorted across the batch), and the
-// batch token-mean NLL (sft, rpo_alpha); for those, use the three calls above. rpo_eta (per pair)
-// is fine. Lengths for ipo / sigmoid_norm come from dpo_options as for dpo() (e.g. f.tokens of
-// an earlier call, or the mask's counts). Every argument is checked before anything is written.
+// denominator, and for the token-mean NLL of sft / rpo_alpha the batch's pair count and chosen
+// tokens, which is all its gradient depends on), as soon as its sums are known. aot and
+// aot_unpaired sort across the batch, so a pair's gradient needs every pair: they are rejected
+// (std::invalid_argument; use the three calls above). Lengths for ipo, sigmoid_norm and the NLL
+// come from dpo_options as for dpo() (e.g. f.tokens of an earlier call, or the mask's counts).
+// Every argument is checked before anything is written.
 
 #include <cstdint>
 
@@ -38,15 +39,20 @@ namespace detail {
 
 inline void check_dpo_step_types(const char* fn, const DpoOptions& o) {
   for (DpoLoss t : o.loss_types)
-    if (t == DpoLoss::aot || t == DpoLoss::aot_unpaired || t == DpoLoss::sft)
-      fail(fn, "loss type '", dpo_loss_name(t), "' couples the pairs of a batch (",
-           t == DpoLoss::sft ? "a token mean over all chosen completions" : "a sort across the batch",
-           "), so a pair's gradient cannot be written before the whole batch is read; use sequence_logprobs, dpo "
-           "and sequence_logprobs_backward");
-  if (o.rpo_alpha != 0.0)
-    fail(fn, "'rpo_alpha' is ", o.rpo_alpha, ": its NLL is a token mean over all chosen completions, so a pair's "
-         "gradient cannot be written before the whole batch is read; use sequence_logprobs, dpo and "
-         "sequence_logprobs_backward (or rpo_eta, per pair)");
+    if (t == DpoLoss::aot || t == DpoLoss::aot_unpaired)
+      fail(fn, "loss type '", dpo_loss_name(t), "' sorts across the batch, so a pair's gradient cannot be "
+           "written before the whole batch is read; use sequence_logprobs, dpo and sequence_logprobs_backward");
+}
+
+// The batch's pairs and chosen tokens when the loss has the NLL term (sft, rpo_alpha), as dpo()
+// sums them; null otherwise.
+inline const NllBatch* nll_batch(const DpoOptions& o, std::int64_t pairs, NllBatch& b) {
+  bool nll = o.rpo_alpha > 0.0;
+  for (DpoLoss t : o.loss_types) nll |= t == DpoLoss::sft;
+  if (!nll) return nullptr;
+  b.pairs = double(pairs);
+  b.tokens = values_vector("dpo_step", "chosen_lengths", o.chosen_lengths, pairs, "policy_chosen").sum();
+  return &b;
 }
 
 // The options of one pair's dpo() call: its lengths, and the batch's denominator.
@@ -72,14 +78,17 @@ inline DpoStepResult dpo_step(const L& policy_logits, const R& ref_logits, const
     const Eigen::VectorXd zero = Eigen::VectorXd::Zero(P);
     detail::dpo_impl(fn, detail::PairedInputs{zero, zero, zero, zero, P}, options);
   }
-  auto pair_grad = [&options, P](const PairLogprobs& s) {
+  detail::NllBatch nll;
+  const detail::NllBatch* batch = detail::nll_batch(options, P, nll);
+  auto pair_grad = [&options, P, batch](const PairLogprobs& s) {
     Eigen::Matrix<double, 1, 1> w, l, rw, rl;
     w[0] = s.chosen;
     l[0] = s.rejected;
     rw[0] = s.ref_chosen;
     rl[0] = s.ref_rejected;
     const PreferenceResult r =
-        detail::dpo_impl("dpo_step", detail::PairedInputs{w, l, rw, rl, 1}, detail::pair_dpo_options(options, P, s.pair));
+        detail::dpo_impl("dpo_step", detail::PairedInputs{w, l, rw, rl, 1}, detail::pair_dpo_options(options, P, s.pair),
+                         batch);
     return PairUpstream{r.d_policy_chosen[0], r.d_policy_rejected[0]};
   };
   DpoStepResult out;

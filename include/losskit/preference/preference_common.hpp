@@ -229,15 +229,24 @@ inline void finish_paired(const Options& o, Result& res, Eigen::VectorXd chosen_
                 std::move(gw), std::move(gl));
 }
 
+// The pairs and chosen tokens of a whole batch, for the NLL's gradient when a loss is evaluated
+// one pair at a time (dpo_step): that gradient, n weight / tokens per pair, depends on the batch
+// only through these two numbers.
+struct NllBatch {
+  double pairs = 0.0;
+  double tokens = 0.0;
+};
+
 // The token-mean NLL of the chosen completions as a function of their summed log-probs:
 // adds `weight * NLL` to every pair's loss and the gradient of the sum over pairs. Returns NLL.
+// With `batch`, the gradient is the one these pairs have inside that batch.
 inline double add_token_mean_nll(const Eigen::VectorXd& pw, const Eigen::VectorXd& nw, double weight,
-                                 Eigen::VectorXd& loss, Eigen::VectorXd& gw) {
+                                 Eigen::VectorXd& loss, Eigen::VectorXd& gw, const NllBatch* batch = nullptr) {
   const double tokens = nw.sum();
   const double nll = -pw.sum() / tokens;
-  const double n = double(pw.size());
+  const double n = batch ? batch->pairs : double(pw.size());
   loss.array() += weight * nll;
-  gw.array() -= n * weight / tokens;
+  gw.array() -= n * weight / (batch ? batch->tokens : tokens);
   return nll;
 }
 
