@@ -145,9 +145,17 @@ inline T hmax(T x) noexcept {
 // ---- elementwise math, one spelling for batches and scalars ---------------------------------
 // Batches use xsimd's polynomial exp/log (float exp: <= 1.5 ulp, flushes to 0 below -87.7);
 // scalars use <cmath>. Both give exp(-inf) = 0 and log(0) = -inf.
+// Double batches go through exp_guarded: without AVX-512, xsimd converts the argument to int64
+// with a scalar cast before it selects 0 (or NaN) for arguments outside its range, and for -inf
+// (a masked logit) or NaN that cast is undefined behaviour (found by tests/fuzz with clang's
+// UBSan; the value was discarded, so results do not change). The argument is raised to `lowest`
+// (where the result is 0 anyway) and NaN lanes are computed as 0 and put back as NaN.
+template <class T, class A, class F>
+inline xsimd::batch<T, A> exp_guarded(const xsimd::batch<T, A>& x, T lowest, F&& f) noexcept;
+
 template <class T, class A>
 inline xsimd::batch<T, A> exp(const xsimd::batch<T, A>& x) noexcept {
-  return xsimd::exp(x);
+  return exp_guarded(x, T(-1000), [](const auto& v) { return xsimd::exp(v); });
 }
 inline float exp(float x) noexcept { return std::exp(x); }
 inline double exp(double x) noexcept { return std::exp(x); }
@@ -156,7 +164,7 @@ inline double exp(double x) noexcept { return std::exp(x); }
 // the caller's fma.
 template <class T, class A>
 inline xsimd::batch<T, A> exp2(const xsimd::batch<T, A>& x) noexcept {
-  return xsimd::exp2(x);
+  return exp_guarded(x, T(-1100), [](const auto& v) { return xsimd::exp2(v); });
 }
 inline float exp2(float x) noexcept { return std::exp2(x); }
 inline double exp2(double x) noexcept { return std::exp2(x); }
@@ -235,6 +243,17 @@ inline V vmax(const V& a, const V& b) noexcept {
 #else
   return simd::select(a > b, a, b);
 #endif
+}
+
+template <class T, class A, class F>
+inline xsimd::batch<T, A> exp_guarded(const xsimd::batch<T, A>& x, T lowest, F&& f) noexcept {
+  using B = xsimd::batch<T, A>;
+  if constexpr (std::is_same_v<T, double>) {
+    const auto nan = xsimd::isnan(x);
+    return xsimd::select(nan, x, f(xsimd::select(nan, B(T(0)), vmax(B(lowest), x))));
+  } else {
+    return f(x);
+  }
 }
 
 // x where keep holds, 0 elsewhere: the `0 * log 0 = 0` guard used throughout.
