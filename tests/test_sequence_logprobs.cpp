@@ -812,3 +812,29 @@ TEST_CASE("sequence_logprobs: argument errors name the function, argument and va
     untouched();
   }
 }
+
+TEST_CASE("sequence_logprobs_backward: float rows at T = 0.7 with large logits sum to 0 (the forward's scale)",
+          "[sequence_logprobs]") {
+  // 1/0.7 is not a float: the forward's lse is at float(1/T), and the backward must take pi and
+  // the target entry at that same scale (with 1/T in double a row's entries summed to about
+  // |z| |1/T - float(1/T)| = 1.5e-6 here instead of 0; found by tests/fuzz).
+  const auto z = lktest::random_logits<float>(4, 3000, 77u, 30.0);
+  const Labels64 y{5, 2999, 1200, 7};
+  SequenceLogprobOptions o;
+  o.temperature = 0.7;
+  const auto layout = SequenceLayout::fixed(2, 2);
+  const auto f = losskit::sequence_logprobs(z, y, layout, o);
+  const Eigen::Vector2d d(1.0, -0.5);
+  for (bool reuse : {true, false}) {
+    RowMatrix<float> g(4, 3000);
+    if (reuse)
+      losskit::sequence_logprobs_backward(z, y, layout, d, g, o, f);
+    else
+      losskit::sequence_logprobs_backward(z, y, layout, d, g, o);
+    for (Eigen::Index r = 0; r < 4; ++r) {
+      const double sum = g.row(r).cast<double>().sum();
+      CAPTURE(reuse, r, sum);
+      CHECK(std::fabs(sum) <= 3e-7);
+    }
+  }
+}

@@ -147,9 +147,10 @@ inline T hmax(T x) noexcept {
 // scalars use <cmath>. Both give exp(-inf) = 0 and log(0) = -inf.
 // Double batches go through exp_guarded: without AVX-512, xsimd converts the argument to int64
 // with a scalar cast before it selects 0 (or NaN) for arguments outside its range, and for -inf
-// (a masked logit) or NaN that cast is undefined behaviour (found by tests/fuzz with clang's
-// UBSan; the value was discarded, so results do not change). The argument is raised to `lowest`
-// (where the result is 0 anyway) and NaN lanes are computed as 0 and put back as NaN.
+// (a masked logit), +inf or NaN that cast is undefined behaviour (found by tests/fuzz with
+// clang's UBSan; the value was discarded, so results do not change). The argument is clamped to
+// [lowest, -lowest] (where the result is 0, resp. +inf, anyway) and NaN lanes are computed as 0
+// and put back as NaN.
 template <class T, class A, class F>
 inline xsimd::batch<T, A> exp_guarded(const xsimd::batch<T, A>& x, T lowest, F&& f) noexcept;
 
@@ -250,7 +251,8 @@ inline xsimd::batch<T, A> exp_guarded(const xsimd::batch<T, A>& x, T lowest, F&&
   using B = xsimd::batch<T, A>;
   if constexpr (std::is_same_v<T, double>) {
     const auto nan = xsimd::isnan(x);
-    return xsimd::select(nan, x, f(xsimd::select(nan, B(T(0)), vmax(B(lowest), x))));
+    const B inside = xsimd::min(xsimd::max(xsimd::select(nan, B(T(0)), x), B(lowest)), B(-lowest));
+    return xsimd::select(nan, x, f(inside));
   } else {
     return f(x);
   }

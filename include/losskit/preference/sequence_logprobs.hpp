@@ -160,7 +160,7 @@ struct SeqCall {
   RowsView<const T> a;  // reference logits (data == nullptr: none)
   const Labels* y;
   std::vector<double> weight;  // w_t
-  double inv_t;
+  double inv_t;  // 1 / temperature, rounded to T
   int threads;
 
   bool has_ref() const noexcept { return a.data != nullptr; }
@@ -177,7 +177,10 @@ inline auto make_seq_call(const char* fn, const L& logits, const R* ref_logits, 
                           const SequenceLogprobOptions& o) {
   using T = scalar_of_t<L>;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "losskit: scalar type must be float or double");
-  SeqCall<T> c{rows_view(logits), {}, &targets, {}, 1.0 / o.temperature, 1};
+  // 1/T as the loops use it (rounded to T): the backward's pi and the target entry in double
+  // must come from the same scale as the forward's lse, else a float row's gradient is off by
+  // about |z| |1/T - float(1/T)| (1.5e-6 at z = 30, T = 0.7; found by tests/fuzz).
+  SeqCall<T> c{rows_view(logits), {}, &targets, {}, double(T(1.0 / o.temperature)), 1};
   check_nonempty(fn, "logits", c.z);
   check_contiguous(fn, "logits", logits);
   if (ref_logits) {
@@ -505,13 +508,15 @@ inline void run_backward(const SeqCall<T>& call, const std::vector<double>& g_to
   });
 }
 
-// sum_{t in R_q} w_t v_t in row order (rows with w_t = 0 skipped: their v_t was never computed).
+// sum_{t in R_q} w_t v_t in row order (rows with w_t = 0 skipped: their v_t was never computed),
+// each step one fma: a product and add the compiler would contract in some inlining contexts
+// and not in others (the forward drivers must agree bit for bit).
 inline double sequence_sum(const SequenceLayout& layout, const std::vector<double>& weight, const Eigen::VectorXd& v,
                            std::int64_t q) {
   double s = 0.0;
   for (std::int64_t r = layout.begin(q); r < layout.end(q); ++r) {
     const double wr = weight[std::size_t(r)];
-    if (wr != 0.0) s += wr * v[r];
+    if (wr != 0.0) s = std::fma(wr, v[r], s);
   }
   return s;
 }

@@ -30,8 +30,8 @@
 // once per pair from the thread that runs the pair (threads split the pairs into contiguous
 // ranges), so it must be safe to call concurrently; it must not throw (the gradient would be
 // left half written).
-// Rows with w_t = 0, and rows of a sequence whose upstream derivative is 0, get an exact 0 and
-// are read by neither pass. grad may be the logits matrix (in place). Options as
+// Rows with w_t = 0 get an exact 0 and are never read; rows of a sequence whose upstream
+// derivative is 0 get an exact 0 and are not read again for the backward. grad may be the logits matrix (in place). Options as
 // sequence_logprobs (`entropy` and `per_token` too); the result has no kl_sum / token_kl.
 
 #include <cstddef>
