@@ -131,13 +131,22 @@ class ChunkedSoftmax {
     return sum_[k] == 0.0 && std::isfinite(lse_) ? 0.0 : std::exp(shift_[k] - lse_);
   }
   double chunk_sum(std::size_t k) const noexcept { return sum_[k]; }
-  // Chunk k's shift in log units (the shift times inv_t, in double).
-  double chunk_shift(std::size_t k) const noexcept { return shift_[k]; }
   // sum_k factor_d(k) (a extra[k] + b chunk_sum(k)): merges per-chunk sums of a kernel's own
   // (taken relative to the chunk shifts, e.g. sum p (t - s)) into a row value.
   double merge(const std::vector<double>& extra, double a, double b) const {
     double v = 0.0;
     for (std::size_t k = 0; k < sum_.size(); ++k) v += factor_d(k) * (a * extra[k] + b * sum_[k]);
+    return v;
+  }
+  // The same for sums of a kernel's own over differences with another input u taken relative to
+  // both chunks' shifts, extra_k = sum_i e_i ((u_i - shift^u_k) - (v_i - shift_k)): adds back
+  // (shift^u_k - shift_k) inv_t per unit of chunk mass, so
+  //   sum_k factor_k (a extra_k + ((shift^u_k - shift_k) inv_t + b) sum_k)
+  // (a = inv_t). Unlike merge over u_i - v_i, nothing large cancels when both rows peak at the
+  // same place. `u` holds the other input's statistics (same chunks, same inv_t).
+  double merge_relative(const std::vector<double>& extra, double a, double b, const ChunkedSoftmax& u) const {
+    double v = 0.0;
+    for (std::size_t k = 0; k < sum_.size(); ++k) v += factor_d(k) * (a * extra[k] + (u.shift_[k] - shift_[k] + b) * sum_[k]);
     return v;
   }
 

@@ -391,29 +391,22 @@ inline TokenStats token_stats_impl(SeqScratch<T>& w, const T* z, const T* a, std
   if (Ref) {
     s.ref_lse = w.p.finish(false);
     s.ref_logp = double(a[y]) * double(inv_t) - s.ref_lse;
-    if constexpr (Kl) {
-      // k_t = sum_k rfactor_k (sum_i e^a_i d_i / T + (dshift_k + lse_a - lse_z) rs_k), with
-      // d_i = (z_i - shift^z_k) - (a_i - shift^a_k) and dshift_k = (shift^z_k - shift^a_k) / T:
-      // near the rows' peaks both differences are small, so two nearly equal rows (k_t -> 0)
-      // do not cancel large terms (sum_i rho_i (z_i - a_i) / T against lse_z - lse_a).
-      const double gap = s.ref_lse - s.lse;
-      double v = 0.0;
-      for (std::size_t k = 0; k < chunks; ++k)
-        v += w.p.factor_d(k) * (double(inv_t) * w.kl[k] + (w.q.chunk_shift(k) - w.p.chunk_shift(k) + gap) * w.p.chunk_sum(k));
-      s.kl = v;
-    }
+    // k_t from shift-relative differences (ChunkedSoftmax::merge_relative): near the rows' peaks
+    // both differences are small, so two nearly equal rows (k_t -> 0) do not cancel large terms.
+    if constexpr (Kl) s.kl = w.p.merge_relative(w.kl, double(inv_t), s.ref_lse - s.lse, w.q);
   }
   return s;
 }
 
-template <class T>
+// token_stats_impl for a row (a = nullptr: no reference row); Kl = false: without k_t.
+template <class T, bool Kl = true, class Put = NoPut>
 inline TokenStats token_stats(SeqScratch<T>& w, const T* z, const T* a, std::size_t n, T inv_t, bool entropy,
-                              std::int64_t y, bool keep) {
+                              std::int64_t y, bool keep, Put&& put = {}) {
   if (a)
-    return entropy ? token_stats_impl<T, true, true>(w, z, a, n, inv_t, y, keep)
-                   : token_stats_impl<T, false, true>(w, z, a, n, inv_t, y, keep);
-  return entropy ? token_stats_impl<T, true, false>(w, z, a, n, inv_t, y, keep)
-                 : token_stats_impl<T, false, false>(w, z, a, n, inv_t, y, keep);
+    return entropy ? token_stats_impl<T, true, true, Kl>(w, z, a, n, inv_t, y, keep, put)
+                   : token_stats_impl<T, false, true, Kl>(w, z, a, n, inv_t, y, keep, put);
+  return entropy ? token_stats_impl<T, true, false, false>(w, z, a, n, inv_t, y, keep, put)
+                 : token_stats_impl<T, false, false, false>(w, z, a, n, inv_t, y, keep, put);
 }
 
 // dLoss/dz at the target, in double: (g (1 - pi_y) + c (rho_y - pi_y)) / T.

@@ -37,7 +37,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
-#include <limits>
 #include <utility>
 
 #include "losskit/core/pending.hpp"
@@ -59,16 +58,6 @@ struct PairUpstream {
 };
 
 namespace detail {
-
-template <class T, class Put>
-inline TokenStats pair_step_stats(SeqScratch<T>& w, const T* z, const T* a, std::size_t n, T inv_t, bool entropy,
-                                  std::int64_t y, Put&& put) {
-  if (a)
-    return entropy ? token_stats_impl<T, true, true, false>(w, z, a, n, inv_t, y, false, put)
-                   : token_stats_impl<T, false, true, false>(w, z, a, n, inv_t, y, false, put);
-  return entropy ? token_stats_impl<T, true, false, false>(w, z, a, n, inv_t, y, false, put)
-                 : token_stats_impl<T, false, false, false>(w, z, a, n, inv_t, y, false, put);
-}
 
 // A gradient row waiting for a forward loop to carry it: its values and where they go.
 template <class T>
@@ -114,10 +103,10 @@ inline SequenceLogprobs run_pair_step(const SeqCall<T>& call, const SequenceLayo
       const T* a = ref ? call.a.row(r) : nullptr;
       TokenStats s;
       if (queue.empty()) {
-        s = pair_step_stats(w, z, a, n, inv_t, o.entropy, y, NoPut{});
+        s = token_stats<T, false>(w, z, a, n, inv_t, o.entropy, y, false);
       } else {
         const QueuedGradRow<T> g = queue.front();  // a local copy: the float stores cannot change it
-        s = pair_step_stats(w, z, a, n, inv_t, o.entropy, y, [g](auto tag, std::size_t i) {
+        s = token_stats<T, false>(w, z, a, n, inv_t, o.entropy, y, false, [g](auto tag, std::size_t i) {
           using V = typename decltype(tag)::type;
           if constexpr (simd::is_batch<V>) simd::prefetch(g.row.z + i + chunk_elems<T>);
           g.template put<V>(i);
